@@ -1,0 +1,34 @@
+"""recbole-fofa: Forward-OFA and once-for-all subnet search as a RecBole plugin.
+
+Importing the package makes recbole 1.2.1 work on numpy 2 (see :mod:`recbole_fofa.compat`) and
+exposes the plugin's Config, name resolution and quick start.
+"""
+
+from recbole_fofa import compat
+
+compat.install_numpy_aliases()
+compat.import_recbole_models()
+
+from recbole_fofa.config import Config, default_config_file  # noqa: E402
+from recbole_fofa.quick_start import (  # noqa: E402
+    load_data_and_model,
+    objective_function,
+    run,
+    run_recbole_fofa,
+)
+from recbole_fofa.trainer import Trainer  # noqa: E402
+from recbole_fofa.utils import get_model, get_trainer  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "Trainer",
+    "default_config_file",
+    "get_model",
+    "get_trainer",
+    "load_data_and_model",
+    "objective_function",
+    "run",
+    "run_recbole_fofa",
+]

@@ -1,0 +1,6 @@
+"""``python -m recbole_fofa`` is ``run_recbole_fofa``."""
+
+from recbole_fofa.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The plugin's Config: RecBole's Config plus plugin name resolution, YAML and data checks."""
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import recbole
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
+
+from recbole_fofa import compat
+from recbole_fofa.utils import get_model
+
+_RECBOLE_EXAMPLES = Path(recbole.__file__).resolve().parent / "dataset_example"
+
+
+def properties_dir():
+    """Directory of the plugin's YAML defaults (installed package data, else the source tree)."""
+    try:
+        installed = resources.files("recbole_fofa.properties")
+        if installed.joinpath("overall.yaml").is_file():
+            return Path(str(installed))
+    except ModuleNotFoundError:
+        pass
+    source_tree = Path(__file__).resolve().parent.parent / "properties"
+    if (source_tree / "overall.yaml").is_file():
+        return source_tree
+    raise FileNotFoundError(
+        "recbole_fofa's properties/ (overall.yaml) was found neither in the installed package nor "
+        f"at {source_tree}; reinstall the package"
+    )
+
+
+def default_config_file(name, kind="model"):
+    """Path of a plugin YAML file, e.g. for the stock Config: ``default_config_file("SASRec")``."""
+    path = properties_dir() / kind / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no plugin {kind} properties for [{name}] at {path}")
+    return str(path)
+
+
+class Config(RecBoleConfig):
+    """RecBole's ``Config`` that also knows the plugin's models and defaults.
+
+    On top of RecBole's resolution order it (1) resolves model names through
+    :func:`recbole_fofa.utils.get_model`; (2) layers ``properties/overall.yaml``,
+    ``properties/model/<model>.yaml`` and ``properties/dataset/<dataset>.yaml`` over RecBole's own
+    defaults (user files, dicts and command line still win); (3) disables training negative sampling
+    for CE-loss sequential models unless the user configured it (RecBole refuses the combination);
+    (4) checks that the dataset's atomic files exist before RecBole would try to download them.
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+        super().__init__(model, dataset, config_file_list, config_dict)
+        for key, (check, allowed) in CORE_KEY_CHECKS.items():
+            if self.final_config_dict.get(key) is not None:
+                check_value(key, self.final_config_dict[key], check, allowed)
+
+    def compatibility_settings(self):
+        compat.install_numpy_aliases()
+        super().compatibility_settings()
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if isinstance(model, str):
+            model = get_model(model)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        plugin = properties_dir()
+        for path in (
+            plugin / "overall.yaml",
+            plugin / "model" / f"{model}.yaml",
+            plugin / "dataset" / f"{dataset}.yaml",
+        ):
+            if path.is_file():
+                loaded = self._update_internal_config_dict(str(path)) or {}
+                if path.parent.name == "dataset":
+                    self.parameters["Dataset"] += [
+                        key for key in loaded if key not in self.parameters["Dataset"]
+                    ]
+
+    def _set_default_parameters(self):
+        final = self.final_config_dict
+        if (
+            final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+            and not hasattr(self.model_class, "input_type")
+            and final.get("loss_type") == "CE"
+            and "train_neg_sample_args" not in self.external_config_dict
+        ):
+            final["train_neg_sample_args"] = None
+        user_data_path = final.get("data_path") or "dataset/"
+        super()._set_default_parameters()
+        final["data_path"] = resolve_data_path(self.dataset, user_data_path)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def positive_int(value):
+    return _is_int(value) and value > 0
+
+
+def non_negative_int(value):
+    return _is_int(value) and value >= 0
+
+
+def positive_number(value):
+    return _is_number(value) and value > 0
+
+
+def probability(value):
+    return _is_number(value) and 0 <= value < 1
+
+
+# Keys whose malformed values RecBole would only trip over deep inside training.
+CORE_KEY_CHECKS = {
+    "epochs": (non_negative_int, "an integer >= 0"),
+    "train_batch_size": (positive_int, "an integer >= 1"),
+    "eval_batch_size": (positive_int, "an integer >= 1"),
+    "learning_rate": (positive_number, "a number > 0"),
+    "stopping_step": (positive_int, "an integer >= 1"),
+    "eval_step": (non_negative_int, "an integer >= 0"),
+    "MAX_ITEM_LIST_LENGTH": (positive_int, "an integer >= 1"),
+    "seed": (_is_int, "an integer"),
+    "hidden_size": (positive_int, "an integer >= 1"),
+    "inner_size": (positive_int, "an integer >= 1"),
+    "n_layers": (positive_int, "an integer >= 1"),
+    "n_heads": (positive_int, "an integer >= 1"),
+    "hidden_dropout_prob": (probability, "a number in [0, 1)"),
+    "attn_dropout_prob": (probability, "a number in [0, 1)"),
+}
+
+
+def check_value(key, value, check, allowed):
+    """Raise ValueError naming ``key``, its ``value`` and what is ``allowed`` if check fails."""
+    if not check(value):
+        raise ValueError(f"config key `{key}` = {value!r} is invalid: expected {allowed}")
+    return value
+
+
+def resolve_data_path(dataset, data_path):
+    """Directory holding ``<dataset>.inter``: the user's ``data_path``, else RecBole's bundled copy.
+
+    RecBole would instead try to download a missing dataset (which hangs or fails obscurely
+    offline), and always uses its bundled ml-100k even when the user has their own.
+    """
+    tried = [Path(data_path) / dataset]
+    if (_RECBOLE_EXAMPLES / dataset).is_dir():
+        tried.append(_RECBOLE_EXAMPLES / dataset)
+    for directory in tried:
+        if (directory / f"{dataset}.inter").is_file():
+            return os.path.join(str(directory), "")
+    raise FileNotFoundError(
+        f"dataset [{dataset}] not found: no {dataset}.inter in "
+        f"{', '.join(str(path) for path in tried)}. Set `data_path` to the folder that contains "
+        f"a '{dataset}/' directory of RecBole atomic files, or use the bundled `--dataset=ml-100k`."
+    )

@@ -1,0 +1,584 @@
+"""Analytic and measured compute / size costs of sequential recommenders and of Forward-OFA.
+
+Units
+-----
+* **MACs** (multiply-accumulates) everywhere; every name that holds a count of operations is called
+  ``macs``. ``FLOPs = 2 * MACs`` (:func:`macs_to_flops`), the convention of
+  ``torch.utils.flop_counter.FlopCounterMode``, which counts ``2*M*N*K`` for an ``M x K @ K x N``
+  matmul.
+* **Parameters** are numbers of scalars (not bytes).
+
+What is counted
+---------------
+Only multiply-accumulates against weights or activations in matrix products (linear layers,
+attention score and context products, convolutions, GRU gates), i.e. exactly what
+``FlopCounterMode`` counts. Element-wise work is *not* counted: bias adds, residual adds,
+LayerNorm, softmax, GELU/tanh, dropout, attention scaling and masking. The embedding lookup is a
+gather and costs 0 MACs. Attention is counted over the full ``L x L`` score matrix (a causal mask
+does not skip the masked products). The analytic counts below are tested to equal
+``FlopCounterMode``'s count on the corresponding torch modules.
+
+Parts reported separately (see :class:`CostBreakdown`):
+
+* device: embedding lookup (0 MACs), the encoder (kept blocks only; a skipped block costs 0),
+  scoring ``C`` cached candidates (``C*d``);
+* cloud: the structure controller and the structural mapper (hypernetwork), which never run on
+  the device.
+
+Everything is vectorised over block masks (``[N, n_blocks]``), so search code can cost many
+sub-networks at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CostBreakdown",
+    "CostNotMeasurableError",
+    "ModelCost",
+    "EXTRACTORS",
+    "MAPPER_MODES",
+    "block_macs",
+    "block_params",
+    "bert4rec_cost",
+    "candidate_params",
+    "controller_macs",
+    "controller_params",
+    "device_params_fixed",
+    "encoder_macs",
+    "encoder_params",
+    "forward_ofa_cost",
+    "gru4rec_cost",
+    "macs_to_flops",
+    "mapper_macs",
+    "mapper_params",
+    "measure_macs",
+    "model_cost",
+    "sasrec_cost",
+    "scoring_macs",
+]
+
+EXTRACTORS = ("gru", "mean")
+MAPPER_MODES = ("parallel", "shared", "none")
+
+
+class CostNotMeasurableError(ValueError):
+    """Raised when a model's MACs cannot be measured (the run failed or counted nothing)."""
+
+    def __init__(self, model_name: str, reason: str):
+        self.model_name = model_name
+        self.reason = reason
+        super().__init__(f"cannot measure the MACs of {model_name}: {reason}")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _as_int(x):
+    """Return a Python int for 0-d input and an int64 array otherwise (the module's convention)."""
+    arr = np.asarray(x, dtype=np.int64)
+    return int(arr) if arr.ndim == 0 else arr
+
+
+def _ints(*values):
+    """Convert arguments to int64 arrays (broadcastable), rejecting non-integral values."""
+    out = []
+    for v in values:
+        a = np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+                raise ValueError(f"expected integer sizes, got {v!r}")
+        elif a.dtype.kind not in "biu":
+            raise ValueError(f"expected integer sizes, got {v!r}")
+        out.append(a.astype(np.int64))
+    return out
+
+
+def _masks(masks) -> np.ndarray:
+    """A [N, n_blocks] int64 0/1 array from bool or 0/1 masks (numpy, torch or nested lists)."""
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    m = np.asarray(masks)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2:
+        raise ValueError(f"masks must have shape [N, n_blocks], got shape {m.shape}")
+    if m.dtype != np.bool_:
+        if m.size and not np.all((m == 0) | (m == 1)):
+            raise ValueError("masks must be boolean or contain only 0 and 1")
+    return m.astype(np.int64)
+
+
+def _masked_sum(masks, per_block, what: str) -> np.ndarray:
+    """Sum ``per_block`` ([n_blocks] or [N, n_blocks]) over the kept blocks of each mask row."""
+    m = _masks(masks)
+    pb = np.asarray(per_block, dtype=np.int64)
+    n, b = m.shape
+    if pb.ndim == 1:
+        if pb.shape[0] != b:
+            raise ValueError(f"{what} has {pb.shape[0]} blocks but masks have {b}")
+        return m @ pb
+    if pb.ndim == 2:
+        if pb.shape[1] != b or pb.shape[0] not in (1, n):
+            raise ValueError(f"{what} has shape {pb.shape}, expected [{b}] or [{n}, {b}]")
+        return (m * pb).sum(axis=1)
+    raise ValueError(f"{what} must be [n_blocks] or [N, n_blocks], got shape {pb.shape}")
+
+
+def macs_to_flops(macs):
+    """FLOPs of a MAC count (``2 * macs``), for tables that quote FLOPs."""
+    return _as_int(2 * np.asarray(macs, dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------- transformer block
+
+
+def block_macs(seq_len, hidden_size, inner_size, n_heads=1):
+    """MACs of one RecBole ``TransformerLayer`` on one sequence of length L.
+
+    Q, K, V and output projections ``4*L*d^2``, scores ``Q K^T`` and context ``P V``
+    ``2*L^2*d`` (the head split does not change it), feed-forward ``2*L*d*d_ff``. Broadcasts over
+    numpy arrays (per-block widths in compound spaces); a Python int for scalar inputs.
+    """
+    L, d, f, h = _ints(seq_len, hidden_size, inner_size, n_heads)
+    if np.any(h <= 0) or np.any(d % h != 0):
+        raise ValueError(
+            f"hidden_size {hidden_size} must be a positive multiple of n_heads {n_heads}"
+        )
+    return _as_int(4 * L * d * d + 2 * L * L * d + 2 * L * d * f)
+
+
+def block_params(hidden_size, inner_size):
+    """Parameters of one RecBole ``TransformerLayer``: 4 attention Linears, 2 FFN Linears (with
+    biases) and 2 LayerNorms, ``4*(d^2+d) + 2*d*d_ff + d_ff + d + 4*d``. Broadcasts."""
+    d, f = _ints(hidden_size, inner_size)
+    return _as_int(4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d)
+
+
+def encoder_macs(masks, per_block_macs) -> np.ndarray:
+    """MACs of each masked encoder: ``masks`` [N, n_blocks] (bool/0-1, numpy or torch) times
+    ``per_block_macs`` ([n_blocks] or [N, n_blocks]); int64 [N]. Skipped blocks cost 0."""
+    return _masked_sum(masks, per_block_macs, "per_block_macs")
+
+
+def encoder_params(masks, per_block_params) -> np.ndarray:
+    """Parameters of the kept blocks of each mask row (int64 [N]); same shapes as
+    :func:`encoder_macs`. Add :func:`device_params_fixed` for a whole device encoder."""
+    return _masked_sum(masks, per_block_params, "per_block_params")
+
+
+def scoring_macs(n_candidates, hidden_size):
+    """MACs of scoring ``C`` cached candidates by dot product with the user vector: ``C*d``
+    (full sort: C = number of items)."""
+    c, d = _ints(n_candidates, hidden_size)
+    return _as_int(c * d)
+
+
+def candidate_params(n_candidates, hidden_size):
+    """Scalars of ``C`` cached candidate embeddings on the device: ``C*d``."""
+    c, d = _ints(n_candidates, hidden_size)
+    return _as_int(c * d)
+
+
+def device_params_fixed(seq_len, hidden_size):
+    """What a SASRec-style device holds besides its blocks and candidates: the position
+    embedding ``L*d`` and the input LayerNorm ``2*d``."""
+    L, d = _ints(seq_len, hidden_size)
+    return _as_int(L * d + 2 * d)
+
+
+# ----------------------------------------------------------------------------- cloud side
+
+
+def _check_extractor(extractor):
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
+
+
+def _check_mapper_mode(mode):
+    if mode not in MAPPER_MODES:
+        raise ValueError(f"mapper_mode must be one of {MAPPER_MODES}, got {mode!r}")
+
+
+def controller_macs(hidden_size, n_blocks, rt_len, extractor):
+    """MACs of the structure controller for one device (cloud side).
+
+    ``'gru'``: a 1-layer ``nn.GRU(d, d)`` over ``rt_len`` steps, ``rt_len*3*(d*d + d*d)``
+    (input and hidden projections of 3 gates); ``'mean'``: 0 (pooling multiplies no weights).
+    Plus the linear head ``d*n_blocks``.
+    """
+    _check_extractor(extractor)
+    d, n, t = _ints(hidden_size, n_blocks, rt_len)
+    ext = t * 3 * (d * d + d * d) if extractor == "gru" else 0 * d
+    return _as_int(ext + d * n)
+
+
+def controller_params(hidden_size, n_blocks, extractor):
+    """Parameters of the structure controller: GRU ``6*d*d + 6*d`` (weight_ih, weight_hh,
+    bias_ih, bias_hh) or 0 for mean pooling, plus the linear head ``d*n_blocks + n_blocks``."""
+    _check_extractor(extractor)
+    d, n = _ints(hidden_size, n_blocks)
+    ext = 6 * d * d + 6 * d if extractor == "gru" else 0 * d
+    return _as_int(ext + d * n + n)
+
+
+def _head_out(d, r):
+    """Outputs of one mapper head: cores G1, G2 (r x r each) and LayerNorm scale and shift (d)."""
+    return 2 * r * r + 2 * d
+
+
+def _merge_macs(d, f, r):
+    """MACs of merging both low-rank deltas into one block: (U G) then (U G) V, for
+    W1 (d_ff x d) and W2 (d x d_ff)."""
+    return 2 * r * d * f + r * r * (d + f)
+
+
+def mapper_macs(hidden_size, inner_size, n_blocks, rank, mapper_hidden, mode, n_kept):
+    """MACs of the structural mapper (hypernetwork) for one device (cloud side).
+
+    ``'parallel'``: ``n_kept`` heads ``Linear(d+n -> h) -> tanh -> Linear(h -> 2r^2+2d)`` plus
+    the merge ``2*r*d*d_ff + r^2*(d+d_ff)`` of each kept block; ``'shared'``: one MLP emitting
+    all blocks ``(d+n)*h + h*n*(2r^2+2d)`` plus ``n_kept`` merges; ``'none'``: 0.
+    ``n_kept`` may be an array (vectorised over devices).
+    """
+    _check_mapper_mode(mode)
+    d, f, n, r, h, k = _ints(hidden_size, inner_size, n_blocks, rank, mapper_hidden, n_kept)
+    if mode == "none":
+        return _as_int(0 * k)
+    merge = _merge_macs(d, f, r)
+    if mode == "parallel":
+        return _as_int(k * ((d + n) * h + h * _head_out(d, r) + merge))
+    return _as_int((d + n) * h + h * n * _head_out(d, r) + k * merge)
+
+
+def mapper_params(hidden_size, inner_size, n_blocks, rank, mapper_hidden, mode):
+    """Parameters of the structural mapper: ``'parallel'`` n heads (MLP with biases) plus the
+    static factors U1, V1, U2, V2 (``2*r*(d+d_ff)`` per block); ``'shared'`` one MLP with output
+    ``n*(2r^2+2d)`` plus the same factors; ``'none'`` 0."""
+    _check_mapper_mode(mode)
+    d, f, n, r, h = _ints(hidden_size, inner_size, n_blocks, rank, mapper_hidden)
+    if mode == "none":
+        return _as_int(0 * d)
+    out = _head_out(d, r)
+    factors = 2 * r * (d + f)
+    if mode == "parallel":
+        return _as_int(n * ((d + n) * h + h + h * out + out + factors))
+    return _as_int((d + n) * h + h + h * n * out + n * out + n * factors)
+
+
+# ----------------------------------------------------------------------------- Forward-OFA
+
+
+@dataclass
+class CostBreakdown:
+    """Costs of Forward-OFA sub-networks, one row per mask; scalars apply to every row.
+
+    ``encoder_params`` includes :func:`device_params_fixed` (position embedding + input
+    LayerNorm); candidate embeddings are ``candidate_params``. Controller and mapper run in the
+    cloud and are not part of the device's cost.
+    """
+
+    encoder_macs: np.ndarray
+    encoder_params: np.ndarray
+    kept_blocks: np.ndarray
+    scoring_macs: int
+    candidate_params: int
+    controller_macs: int
+    controller_params: int
+    mapper_macs: np.ndarray
+    mapper_params: int
+
+    @property
+    def device_macs(self) -> np.ndarray:
+        """Per-row MACs that run on the device: encoder + scoring (the lookup is free)."""
+        return self.encoder_macs + self.scoring_macs
+
+    @property
+    def device_params(self) -> np.ndarray:
+        """Per-row scalars held on the device: encoder (fixed + kept blocks) + candidates."""
+        return self.encoder_params + self.candidate_params
+
+    @property
+    def cloud_macs(self) -> np.ndarray:
+        """Per-row MACs the cloud spends on one device: controller + mapper."""
+        return self.controller_macs + self.mapper_macs
+
+    def table(self, index=None) -> List[Tuple[str, Any, Any, str]]:
+        """Rows ``(part, MACs, params, where)`` for docs: one mask row (``index``) or, by default,
+        the mean over rows (an exact int when all rows agree)."""
+
+        def pick(v):
+            a = np.asarray(v)
+            if a.ndim == 0:
+                return int(a)
+            if a.size == 0:
+                return 0
+            if index is not None:
+                return int(a[index])
+            return int(a[0]) if np.all(a == a[0]) else float(a.mean())
+
+        rows = [
+            ("embedding lookup (gather)", 0, 0, "device"),
+            ("encoder (kept blocks)", pick(self.encoder_macs), pick(self.encoder_params), "device"),
+            ("scoring (cached candidates)", pick(self.scoring_macs),
+             pick(self.candidate_params), "device"),
+            ("structure controller", pick(self.controller_macs), pick(self.controller_params),
+             "cloud"),
+            ("structural mapper", pick(self.mapper_macs), pick(self.mapper_params), "cloud"),
+        ]
+        dev = [r for r in rows if r[3] == "device"]
+        cloud = [r for r in rows if r[3] == "cloud"]
+        rows.append(("device total", sum(r[1] for r in dev), sum(r[2] for r in dev), "device"))
+        rows.append(("cloud total", sum(r[1] for r in cloud), sum(r[2] for r in cloud), "cloud"))
+        return rows
+
+
+def forward_ofa_cost(masks, *, seq_len, hidden_size, inner_size, n_heads, n_blocks, rt_len,
+                     extractor, rank, mapper_hidden, mapper_mode, n_candidates) -> CostBreakdown:
+    """Device and cloud costs of Forward-OFA for each block mask ([N, n_blocks]).
+
+    ``inner_size`` / ``n_heads`` may be scalars, per-block arrays [n_blocks] or per-row arrays
+    [N, n_blocks] (compound spaces); the encoder and the mapper's merges follow each kept block's
+    width, while ``mapper_params`` sizes the static factors for the widest width of each block
+    (the supernet's). With scalar widths the mapper equals :func:`mapper_macs` /
+    :func:`mapper_params`.
+    """
+    _check_extractor(extractor)
+    _check_mapper_mode(mapper_mode)
+    m = _masks(masks)
+    n_rows, n = m.shape
+    if n != int(n_blocks):
+        raise ValueError(f"masks have {n} blocks but n_blocks is {n_blocks}")
+    shape = (n_rows, n)
+    try:
+        f_rows = np.broadcast_to(_ints(inner_size)[0], shape)
+        heads = np.broadcast_to(_ints(n_heads)[0], shape)
+    except ValueError as exc:
+        raise ValueError(f"inner_size / n_heads must be scalars, [{n}] or [{n_rows}, {n}]: "
+                         f"{exc}") from exc
+    per_block = np.broadcast_to(block_macs(seq_len, hidden_size, f_rows, heads), shape)
+    per_block_p = np.broadcast_to(block_params(hidden_size, f_rows), shape)
+    kept = m.sum(axis=1)
+
+    d, r, h = _ints(hidden_size, rank, mapper_hidden)
+    out = _head_out(d, r)
+    merge = encoder_macs(m, _merge_macs(d, f_rows, r))
+    factors = int(np.sum(2 * r * (d + f_rows.max(axis=0)))) if n_rows else 0
+    if mapper_mode == "none":
+        mapper, mapper_p = np.zeros_like(kept), 0
+    elif mapper_mode == "parallel":
+        mapper = kept * ((d + n) * h + h * out) + merge
+        mapper_p = n * ((d + n) * h + h + h * out + out) + factors
+    else:  # shared
+        mapper = (d + n) * h + h * n * out + merge
+        mapper_p = (d + n) * h + h + h * n * out + n * out + factors
+    return CostBreakdown(
+        encoder_macs=encoder_macs(m, per_block),
+        encoder_params=device_params_fixed(seq_len, hidden_size) + encoder_params(m, per_block_p),
+        kept_blocks=kept,
+        scoring_macs=scoring_macs(n_candidates, hidden_size),
+        candidate_params=candidate_params(n_candidates, hidden_size),
+        controller_macs=controller_macs(hidden_size, n_blocks, rt_len, extractor),
+        controller_params=controller_params(hidden_size, n_blocks, extractor),
+        mapper_macs=np.asarray(mapper, dtype=np.int64),
+        mapper_params=int(mapper_p),
+    )
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+@dataclass
+class ModelCost:
+    """Cost of one user's inference with a RecBole model.
+
+    ``macs``: the encoder for one user (one full-length sequence; scoring excluded). ``params``:
+    what the device holds besides the item tables; ``excluded_params``: the item-indexed
+    scalars left out (item embedding, per-item output bias). ``uncounted_ops``: compute ops the
+    measurement saw but ``FlopCounterMode`` has no formula for (the count is then a lower bound).
+    """
+
+    model: str
+    macs: int
+    params: int
+    blocks: int
+    source: str
+    excluded_params: int = 0
+    uncounted_ops: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def flops(self) -> int:
+        """``2 * macs``."""
+        return 2 * self.macs
+
+    def as_dict(self) -> Dict[str, Any]:
+        """A plain dict (for JSON and tables)."""
+        return {
+            "model": self.model, "macs": self.macs, "params": self.params, "blocks": self.blocks,
+            "source": self.source, "excluded_params": self.excluded_params,
+            "uncounted_ops": list(self.uncounted_ops),
+        }
+
+
+def sasrec_cost(model) -> ModelCost:
+    """Exact cost of RecBole's SASRec: ``n_layers`` blocks at L = ``max_seq_length``; params =
+    position embedding + input LayerNorm + blocks (the item embedding is excluded)."""
+    L, d, f = model.max_seq_length, model.hidden_size, model.inner_size
+    n = model.n_layers
+    per = block_macs(L, d, f, model.n_heads)
+    params = device_params_fixed(L, d) + n * block_params(d, f)
+    return ModelCost("SASRec", n * per, params, n, "analytic",
+                     excluded_params=int(model.n_items) * d)
+
+
+def bert4rec_cost(model) -> ModelCost:
+    """Exact cost of RecBole's BERT4Rec ``forward`` for one user.
+
+    ``predict`` drops the oldest item and appends the mask token (``reconstruct_test_data``), so
+    the encoder runs at L = ``max_seq_length`` (not L+1). After the blocks, ``output_ffn``
+    (d x d) runs on all L positions (``L*d^2``), then GELU and ``output_ln``. Params add
+    ``output_ffn`` and ``output_ln``; excluded: the item table (n_items+1 rows, with the mask
+    token) and the per-item ``output_bias``.
+    """
+    L, d, f = model.max_seq_length, model.hidden_size, model.inner_size
+    n = model.n_layers
+    macs = n * block_macs(L, d, f, model.n_heads) + L * d * d
+    params = device_params_fixed(L, d) + n * block_params(d, f) + (d * d + d) + 2 * d
+    excluded = (int(model.n_items) + 1) * d + int(model.n_items)
+    return ModelCost("BERT4Rec", macs, params, n, "analytic", excluded_params=excluded)
+
+
+def gru4rec_cost(model) -> ModelCost:
+    """Exact cost of RecBole's GRU4Rec ``forward`` for one user: a GRU (3 gates, input and hidden
+    projections on every step, the first step included) over L = ``max_seq_length`` steps, then
+    ``dense`` (hidden -> embedding) on all L positions. Kept analytic because a fused RNN kernel
+    (e.g. cuDNN on GPU) is one op that ``FlopCounterMode`` does not count."""
+    L, e, h = model.max_seq_length, model.embedding_size, model.hidden_size
+    layers = model.num_layers
+    bias = bool(getattr(getattr(model, "gru_layers", None), "bias", False))
+    macs = L * 3 * h * (e + h) + (layers - 1) * L * 3 * h * (h + h) + L * h * e
+    params = 3 * h * (e + h) + (layers - 1) * 3 * h * (h + h) + (6 * h * layers if bias else 0)
+    params += h * e + e
+    return ModelCost("GRU4Rec", macs, params, layers, "analytic",
+                     excluded_params=int(model.n_items) * e)
+
+
+_ANALYTIC = {"SASRec": sasrec_cost, "BERT4Rec": bert4rec_cost, "GRU4Rec": gru4rec_cost}
+
+# Substrings of aten op names that do matmul-like work; seen without a FlopCounterMode formula,
+# they make a measured count a lower bound (e.g. FFTs, fused RNN kernels, matrix-vector ops).
+_HEAVY_OP_HINTS = ("fft", "rnn", "lstm", "gru", "conv", "mm", "matmul", "linear", "attention",
+                   "einsum", "dot", "mv")
+
+
+def _measure(fn: Callable, *args, **kwargs) -> Tuple[int, Tuple[str, ...]]:
+    """(MACs counted by FlopCounterMode, heavy ops it saw but could not count)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+    class _OpRecorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.overloadpacket)
+            return func(*args, **(kwargs or {}))
+
+    counter = FlopCounterMode(display=False)
+    recorder = _OpRecorder()
+    with torch.no_grad(), counter, recorder:
+        fn(*args, **kwargs)
+    uncounted = sorted(
+        str(op) for op in recorder.ops
+        if op not in flop_registry and any(s in str(op).split(".")[-1] for s in _HEAVY_OP_HINTS)
+    )
+    return int(counter.get_total_flops()) // 2, tuple(uncounted)
+
+
+def measure_macs(fn: Callable, *args, **kwargs) -> int:
+    """MACs of ``fn(*args, **kwargs)`` as counted by ``FlopCounterMode`` (its FLOPs // 2), under
+    ``torch.no_grad()``. Counts mm/addmm/bmm/baddbmm/convolution/SDPA; on CPU ``nn.GRU``
+    decomposes into counted mm ops, but e.g. ``nn.LSTM`` (mkldnn kernel) and FFTs count 0."""
+    return _measure(fn, *args, **kwargs)[0]
+
+
+def _one_user_interaction(model):
+    from recbole.data.interaction import Interaction
+
+    L, n_items = int(model.max_seq_length), int(model.n_items)
+    if n_items < 2:
+        raise ValueError(f"need at least one real item, n_items={n_items}")
+    data = {
+        model.ITEM_SEQ: (torch.arange(L) % (n_items - 1) + 1).unsqueeze(0),
+        model.ITEM_SEQ_LEN: torch.tensor([L]),
+        model.POS_ITEM_ID: torch.tensor([1]),
+    }
+    if getattr(model, "USER_ID", None):
+        data[model.USER_ID] = torch.tensor([1])
+    return Interaction(data)
+
+
+def _measured_params(model) -> Tuple[int, int]:
+    """(params without item tables, item-table params): item tables are ``nn.Embedding``s with
+    ``num_embeddings == model.n_items``."""
+    n_items = int(model.n_items)
+    item_tables = [m for m in model.modules()
+                   if isinstance(m, nn.Embedding) and m.num_embeddings == n_items]
+    excluded = {id(p) for t in item_tables for p in t.parameters()}
+    total = excluded_n = 0
+    for p in model.parameters():  # parameters() de-duplicates shared (tied) tensors
+        if id(p) in excluded:
+            excluded_n += p.numel()
+        else:
+            total += p.numel()
+    return total, excluded_n
+
+
+def _count_blocks(model) -> int:
+    """Stacked blocks of a measured model: ``n_layers`` / ``num_layers``, NextItNet's residual
+    blocks; 0 for models without stacked blocks (e.g. STAMP, Caser)."""
+    for attr in ("n_layers", "num_layers"):
+        if isinstance(getattr(model, attr, None), int):
+            return int(getattr(model, attr))
+    blocks = getattr(model, "residual_blocks", None)
+    if isinstance(blocks, nn.Sequential):
+        return len(blocks)
+    return 0
+
+
+def model_cost(model) -> ModelCost:
+    """Cost of any RecBole sequential model instance for one user: analytic for SASRec,
+    BERT4Rec and GRU4Rec (exact class names), otherwise measured with ``FlopCounterMode`` on
+    ``model.predict`` of one full-length user and one candidate (on a CPU copy, in eval mode).
+    Raises :class:`CostNotMeasurableError` if the run fails or counts 0 MACs."""
+    name = type(model).__name__
+    if name in _ANALYTIC:
+        return _ANALYTIC[name](model)
+    target = model
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        target = copy.deepcopy(model).cpu()  # CPU kernels decompose into countable ops
+    was_training = target.training
+    try:
+        target.eval()
+        inter = _one_user_interaction(target)
+        macs, uncounted = _measure(target.predict, inter)
+    except Exception as exc:  # any failure means "not measurable"
+        raise CostNotMeasurableError(name, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        target.train(was_training)
+    if macs <= 0:
+        raise CostNotMeasurableError(name, "FlopCounterMode counted 0 MACs in predict()"
+                                     + (f" (uncounted ops: {', '.join(uncounted)})"
+                                        if uncounted else ""))
+    params, excluded = _measured_params(model)
+    blocks = _count_blocks(model)
+    return ModelCost(name, macs, params, blocks, "measured", excluded_params=excluded,
+                     uncounted_ops=uncounted)

@@ -1,0 +1,173 @@
+"""The plugin's quick start: RecBole's ``run_recbole`` contract without importing ray.
+
+``recbole.quick_start`` imports ray 2.6.3 at module level, which breaks on numpy 2, so library code
+never imports it (see :mod:`recbole_fofa.compat`). These functions follow the same steps and return
+the same dicts, with model and trainer names resolved by :mod:`recbole_fofa.utils`.
+"""
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from logging import getLogger
+
+import torch.distributed as dist
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+from recbole_fofa import compat
+from recbole_fofa.config import Config
+from recbole_fofa.utils import get_model, get_trainer
+
+
+def _fresh_logger(config):
+    """RecBole's logger, with handlers of an earlier run in this process removed first."""
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+        handler.close()
+    init_logger(config)
+    return logger
+
+
+def prepare(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Config, seeded logger, dataset, the three dataloaders and the model, ready to train."""
+    config = Config(
+        model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    logger = _fresh_logger(config)
+    logger.info(sys.argv)
+    logger.info(config)
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    return config, net, (train_data, valid_data, test_data)
+
+
+def run_recbole_fofa(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None
+):
+    """Train, validate, reload the best checkpoint and test one model; like ``run_recbole``.
+
+    Returns ``{'best_valid_score', 'valid_score_bigger', 'best_valid_result', 'test_result'}``.
+    """
+    config, net, (train_data, valid_data, test_data) = prepare(
+        model, dataset, config_file_list, config_dict
+    )
+    logger = getLogger()
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    logger.info(
+        "The running environment of this training is as follows:\n"
+        + get_environment(config).draw()
+    )
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def run_recbole_fofas(rank, *args):
+    """Entry point of one spawned process (distributed runs): ``run_recbole_fofa`` on ``rank``."""
+    kwargs = args[-1]
+    if not isinstance(kwargs, MutableMapping):
+        raise ValueError(f"the last argument must be a dict of keyword arguments, got {kwargs!r}")
+    kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
+    run_recbole_fofa(*args[:3], **kwargs)
+
+
+def run(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
+    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP processes (GPU)."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_fofa(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update(
+        world_size=nproc if world_size == -1 else world_size,
+        ip=ip,
+        port=port,
+        nproc=nproc,
+        offset=group_offset,
+    )
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    mp.spawn(
+        run_recbole_fofas,
+        args=(model, dataset, config_file_list, kwargs),
+        nprocs=nproc,
+        join=True,
+    )
+    return None if queue.empty() else queue.get()
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """Objective for ``recbole.trainer.HyperTuning`` (no ray): the keys its ``trial`` reads."""
+    result = run_recbole_fofa(
+        config_dict=config_dict, config_file_list=config_file_list, saved=saved
+    )
+    logging.getLogger().setLevel(logging.ERROR)
+    return {"model": (config_dict or {}).get("model"), **result}
+
+
+def load_data_and_model(model_file):
+    """Rebuild config, model (best weights), dataset and dataloaders from a plugin checkpoint."""
+    checkpoint = compat.torch_load_trusted(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    _fresh_logger(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    net.load_state_dict(checkpoint["state_dict"])
+    net.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, net, data, train_data, valid_data, test_data
+
+
+def results_table(result):
+    """The valid/test metrics of a ``run_recbole_fofa`` result as an aligned text table."""
+    valid = result.get("best_valid_result") or {}
+    test = result.get("test_result") or {}
+    names = list(dict.fromkeys([*valid, *test]))
+    width = max([len("metric"), *map(len, names)])
+    lines = [f"{'metric':<{width}}  {'valid':>12}  {'test':>12}"]
+    for name in names:
+        cells = [_fmt(source.get(name)) for source in (valid, test)]
+        lines.append(f"{name:<{width}}  {cells[0]:>12}  {cells[1]:>12}")
+    return "\n".join(lines)
+
+
+def _fmt(value):
+    if value is None:
+        return "-"
+    value = float(value)
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"

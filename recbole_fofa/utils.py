@@ -1,0 +1,58 @@
+"""Name resolution: the plugin's models and trainers first, then RecBole's."""
+
+import importlib
+
+from recbole.utils import ModelType
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import get_trainer as recbole_get_trainer
+
+# name -> "module:attribute"; imported lazily so that `import recbole_fofa` stays light.
+PLUGIN_MODELS = {}
+PLUGIN_TRAINERS = {}
+
+
+def _load(target):
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _recbole_sequential_models():
+    import recbole.model.sequential_recommender as seq
+
+    return sorted(name for name in dir(seq) if name[:1].isupper())
+
+
+def get_model(model_name):
+    """Return the model class for ``model_name``: a plugin model, else a RecBole model.
+
+    Raises ValueError naming the plugin's models when neither knows the name (RecBole itself
+    raises an unrelated ``ModuleNotFoundError: lightgbm`` there, compat C14).
+    """
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(f"model must be a non-empty model name, got {model_name!r}")
+    if model_name in PLUGIN_MODELS:
+        return _load(PLUGIN_MODELS[model_name])
+    try:
+        return recbole_get_model(model_name)
+    except (ValueError, ImportError, AttributeError) as err:
+        raise ValueError(
+            f"model [{model_name}] is neither a recbole_fofa model {sorted(PLUGIN_MODELS)} nor a "
+            f"RecBole model (names are case-sensitive; RecBole's sequential models are "
+            f"{_recbole_sequential_models()})"
+        ) from err
+
+
+def get_trainer(model_type, model_name):
+    """Return the trainer class for a model: the plugin's own, else RecBole's made plugin-aware.
+
+    RecBole trainers are wrapped by :func:`recbole_fofa.trainer.plugin_trainer` so that every
+    model reloads its best checkpoint on a modern torch and reports its cost metrics.
+    """
+    from recbole_fofa.trainer import plugin_trainer
+
+    if model_name in PLUGIN_TRAINERS:
+        return _load(PLUGIN_TRAINERS[model_name])
+    return plugin_trainer(recbole_get_trainer(model_type, model_name))
+
+
+__all__ = ["ModelType", "get_model", "get_trainer", "PLUGIN_MODELS", "PLUGIN_TRAINERS"]

@@ -1,0 +1,6 @@
+"""Command line entry point; same flags as RecBole's run_recbole.py (see README)."""
+
+from recbole_fofa.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+"""Tests of recbole_fofa.cost: analytic counts against FlopCounterMode, vectorisation, baselines."""
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from recbole_fofa import cost
+
+
+def flop_macs(fn, *args):
+    """Independent reference: FlopCounterMode's FLOPs // 2, without going through cost.py."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops() // 2
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------- RecBole fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """A tiny atomic dataset: 30 users x 12 interactions over 40 items."""
+    root = tmp_path_factory.mktemp("cost")
+    (root / "tiny").mkdir()
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(30):
+        for t in range(12):
+            rows.append(f"u{u}\ti{(u * 7 + t * 3) % 40}\t{u * 100 + t}")
+    (root / "tiny" / "tiny.inter").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def build_model(tiny_root):
+    """Factory: a RecBole model (class name) built on the tiny dataset, with tiny sizes."""
+    # numpy 2 removed np.float_/np.complex_/np.unicode_, which RecBole's
+    # Config.compatibility_settings reads; recbole_fofa.compat restores them on package import,
+    # done here explicitly so the test does not depend on that.
+    for name, value in (("float_", np.float64), ("complex_", np.complex128),
+                        ("unicode_", np.str_)):
+        if name not in np.__dict__:
+            setattr(np, name, value)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model
+
+    mp = pytest.MonkeyPatch()
+    mp.chdir(tiny_root)  # RecBole writes ./log etc. into the cwd
+    mp.setattr(sys, "argv", ["pytest"])  # RecBole parses sys.argv
+
+    def build(name, **overrides):
+        config_dict = {
+            "data_path": str(tiny_root),
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "train_neg_sample_args": None,
+            "loss_type": "CE",
+            "MAX_ITEM_LIST_LENGTH": 10,
+            "hidden_size": 16,
+            "inner_size": 32,
+            "n_layers": 1,
+            "n_heads": 2,
+            "embedding_size": 16,
+            "state": "ERROR",
+            "show_progress": False,
+            "checkpoint_dir": str(tiny_root / "saved"),
+            "metrics": ["Hit", "NDCG"],
+            "valid_metric": "NDCG@10",
+            "device": "cpu",
+            "use_gpu": False,
+        }
+        config_dict.update(overrides)
+        config = Config(model=name, dataset="tiny", config_dict=config_dict)
+        dataset = create_dataset(config)
+        train_data, _, _ = data_preparation(config, dataset)
+        return get_model(name)(config, train_data._dataset).eval()
+
+    yield build
+    mp.undo()
+
+
+def full_sequence(model):
+    L = model.max_seq_length
+    item_seq = (torch.arange(L) % (model.n_items - 1) + 1).unsqueeze(0)
+    return item_seq, torch.tensor([L])
+
+
+# ----------------------------------------------------------------------------- transformer blocks
+
+
+def test_block_formulas_at_sasrec_defaults():
+    assert cost.block_macs(50, 64, 256) == 2_777_600
+    assert cost.block_macs(50, 64, 256, n_heads=4) == 2_777_600
+    assert isinstance(cost.block_macs(50, 64, 256), int)
+    assert cost.block_params(64, 256) == 49_984
+    assert isinstance(cost.block_params(64, 256), int)
+    assert cost.macs_to_flops(2_777_600) == 5_555_200
+
+
+def test_block_formulas_broadcast():
+    inner = np.array([[64, 128, 256], [256, 128, 64]])
+    heads = np.array([1, 2, 4])
+    macs = cost.block_macs(50, 64, inner, heads)
+    params = cost.block_params(64, inner)
+    assert macs.dtype == np.int64 and macs.shape == (2, 3)
+    assert params.dtype == np.int64 and params.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            assert macs[i, j] == cost.block_macs(50, 64, int(inner[i, j]), int(heads[j]))
+            assert params[i, j] == cost.block_params(64, int(inner[i, j]))
+    with pytest.raises(ValueError, match="n_heads"):
+        cost.block_macs(10, 16, 32, n_heads=3)
+
+
+@pytest.mark.parametrize(
+    "L,d,d_ff,heads,n_layers", [(10, 16, 32, 2, 1), (7, 24, 48, 3, 2), (50, 64, 256, 2, 2)]
+)
+def test_encoder_matches_flop_counter(L, d, d_ff, heads, n_layers):
+    from recbole.model.layers import TransformerEncoder, TransformerLayer
+
+    enc = TransformerEncoder(n_layers=n_layers, n_heads=heads, hidden_size=d, inner_size=d_ff)
+    enc.eval()
+    x = torch.randn(1, L, d)
+    mask = torch.zeros(1, 1, L, L)
+    per_block = cost.block_macs(L, d, d_ff, heads)
+    measured = flop_macs(lambda: enc(x, mask))
+    assert measured == n_layers * per_block
+    assert cost.encoder_macs(np.ones((1, n_layers), bool), [per_block] * n_layers)[0] == measured
+
+    layer = TransformerLayer(heads, d, d_ff, 0.0, 0.0, "gelu", 1e-12)
+    assert cost.block_params(d, d_ff) == n_params(layer)
+    assert cost.encoder_params(np.ones((1, n_layers)), [cost.block_params(d, d_ff)] * n_layers)[
+        0
+    ] == n_params(enc)
+
+
+def test_extracted_subencoder_matches_masked_count():
+    """Running only the kept layers costs exactly the masked sum (a skipped block costs 0)."""
+    from recbole.model.layers import TransformerEncoder
+
+    L, d, d_ff, n = 9, 16, 40, 5
+    enc = TransformerEncoder(n_layers=n, n_heads=2, hidden_size=d, inner_size=d_ff).eval()
+    x, att = torch.randn(1, L, d), torch.zeros(1, 1, L, L)
+    rng = np.random.default_rng(0)
+    per_block = np.full(n, cost.block_macs(L, d, d_ff, 2))
+    for mask in rng.integers(0, 2, size=(4, n)).astype(bool):
+
+        def run(mask=mask):
+            h = x
+            for keep, layer in zip(mask, enc.layer):
+                if keep:
+                    h = layer(h, att)
+            return h
+
+        assert flop_macs(run) == cost.encoder_macs(mask[None], per_block)[0]
+
+
+# ----------------------------------------------------------------------------- vectorisation
+
+
+def test_encoder_vectorised_equals_per_row_loop():
+    rng = np.random.default_rng(1)
+    masks = rng.random((200, 6)) < 0.5
+    per_block = cost.block_macs(20, 32, rng.choice([64, 128], size=6), 2)
+    per_row = cost.block_macs(20, 32, rng.choice([64, 128], size=(200, 6)), 2)
+    params = cost.block_params(32, rng.choice([64, 128], size=6))
+
+    loop = np.array([sum(int(per_block[j]) for j in range(6) if m[j]) for m in masks])
+    loop_rows = np.array([sum(int(per_row[i, j]) for j in range(6) if masks[i, j])
+                          for i in range(200)])
+    loop_params = np.array([sum(int(params[j]) for j in range(6) if m[j]) for m in masks])
+
+    out = cost.encoder_macs(masks, per_block)
+    assert out.dtype == np.int64 and out.shape == (200,)
+    np.testing.assert_array_equal(out, loop)
+    np.testing.assert_array_equal(cost.encoder_macs(masks.astype(int), per_block), loop)
+    np.testing.assert_array_equal(cost.encoder_macs(torch.from_numpy(masks), per_block), loop)
+    np.testing.assert_array_equal(cost.encoder_macs(masks, per_row), loop_rows)
+    np.testing.assert_array_equal(cost.encoder_params(masks, params), loop_params)
+
+
+def test_encoder_rejects_bad_input():
+    with pytest.raises(ValueError, match="blocks"):
+        cost.encoder_macs(np.ones((3, 6)), np.ones(5))
+    with pytest.raises(ValueError, match="0 and 1"):
+        cost.encoder_macs(np.full((3, 6), 2), np.ones(6))
+    with pytest.raises(ValueError, match="shape"):
+        cost.encoder_macs(np.ones((2, 3, 6)), np.ones(6))
+
+
+def test_ten_thousand_masks_are_fast():
+    rng = np.random.default_rng(2)
+    masks = rng.random((10_000, 6)) < 0.5
+    per_block = np.full(6, cost.block_macs(50, 64, 256))
+    cost.encoder_macs(masks[:10], per_block)  # warm-up
+    start = time.perf_counter()
+    out = cost.encoder_macs(masks, per_block)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5, elapsed
+    np.testing.assert_array_equal(out, masks.sum(1) * 2_777_600)
+
+
+# ----------------------------------------------------------------------------- cloud side
+
+
+def test_flop_counter_counts_gru_on_cpu():
+    """nn.GRU decomposes into mm ops on CPU, so FlopCounterMode counts all 3 gates, every step."""
+    gru = nn.GRU(8, 12, num_layers=2, batch_first=True, bias=False)
+    x = torch.randn(1, 5, 8)
+    assert flop_macs(gru, x) == 5 * 3 * 12 * (8 + 12) + 5 * 3 * 12 * (12 + 12)
+
+
+@pytest.mark.parametrize("extractor", ["gru", "mean"])
+def test_controller_matches_flop_counter(extractor):
+    d, n, rt = 16, 6, 10
+    gru, head = nn.GRU(d, d, batch_first=True), nn.Linear(d, n)
+    x = torch.randn(1, rt, d)
+
+    def controller():
+        if extractor == "gru":
+            _, h = gru(x)
+            z = h[-1]
+        else:
+            z = x.mean(dim=1)
+        return torch.sigmoid(head(z))
+
+    assert flop_macs(controller) == cost.controller_macs(d, n, rt, extractor)
+    expected = n_params(head) + (n_params(gru) if extractor == "gru" else 0)
+    assert cost.controller_params(d, n, extractor) == expected
+
+
+def test_controller_rejects_unknown_extractor():
+    with pytest.raises(ValueError, match="extractor.*gru.*mean"):
+        cost.controller_macs(16, 6, 10, "lstm")
+    with pytest.raises(ValueError, match="extractor"):
+        cost.controller_params(16, 6, "attention")
+
+
+class Mapper(nn.Module):
+    """The mapper architecture the formulas describe, built independently of cost.py."""
+
+    def __init__(self, d, d_ff, n, r, h, mode):
+        super().__init__()
+        self.d, self.n, self.r, self.mode = d, n, r, mode
+        out = 2 * r * r + 2 * d
+        if mode == "parallel":
+            self.heads = nn.ModuleList(
+                nn.Sequential(nn.Linear(d + n, h), nn.Tanh(), nn.Linear(h, out)) for _ in range(n)
+            )
+        else:
+            self.mlp = nn.Sequential(nn.Linear(d + n, h), nn.Tanh(), nn.Linear(h, n * out))
+        self.U1 = nn.Parameter(torch.randn(n, d_ff, r))
+        self.V1 = nn.Parameter(torch.randn(n, r, d))
+        self.U2 = nn.Parameter(torch.randn(n, d, r))
+        self.V2 = nn.Parameter(torch.randn(n, r, d_ff))
+
+    def forward(self, z, mask):
+        r = self.r
+        if self.mode == "shared":
+            all_out = self.mlp(z).view(1, self.n, -1)
+        deltas = []
+        for block in range(self.n):
+            if not mask[block]:
+                continue
+            o = self.heads[block](z) if self.mode == "parallel" else all_out[:, block]
+            g1 = o[:, : r * r].reshape(r, r)
+            g2 = o[:, r * r: 2 * r * r].reshape(r, r)
+            w1 = (self.U1[block] @ g1) @ self.V1[block]  # d_ff x d
+            w2 = (self.U2[block] @ g2) @ self.V2[block]  # d x d_ff
+            deltas.append((w1, w2, o[:, 2 * r * r:]))
+        return deltas
+
+
+@pytest.mark.parametrize("mode", ["parallel", "shared"])
+def test_mapper_matches_flop_counter(mode):
+    d, d_ff, n, r, h = 16, 40, 5, 3, 12
+    mapper = Mapper(d, d_ff, n, r, h, mode)
+    z = torch.randn(1, d + n)
+    for mask in ([1, 0, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]):
+        expected = cost.mapper_macs(d, d_ff, n, r, h, mode, sum(mask))
+        assert flop_macs(mapper, z, mask) == expected
+    assert cost.mapper_params(d, d_ff, n, r, h, mode) == n_params(mapper)
+    kept = np.array([0, 2, 5])
+    np.testing.assert_array_equal(
+        cost.mapper_macs(d, d_ff, n, r, h, mode, kept),
+        [cost.mapper_macs(d, d_ff, n, r, h, mode, int(k)) for k in kept],
+    )
+
+
+def test_mapper_none_and_unknown_mode():
+    assert cost.mapper_macs(16, 32, 6, 8, 16, "none", 4) == 0
+    assert cost.mapper_params(16, 32, 6, 8, 16, "none") == 0
+    with pytest.raises(ValueError, match="mapper_mode.*parallel.*shared.*none"):
+        cost.mapper_macs(16, 32, 6, 8, 16, "serial", 4)
+    with pytest.raises(ValueError, match="mapper_mode"):
+        cost.mapper_params(16, 32, 6, 8, 16, "serial")
+
+
+def test_scoring_and_device_fixed_params():
+    d, C = 16, 37
+    user, cands = torch.randn(1, d), torch.randn(C, d)
+    assert flop_macs(lambda: user @ cands.t()) == cost.scoring_macs(C, d) == C * d
+    assert cost.candidate_params(C, d) == C * d
+    pos, ln = nn.Embedding(10, d), nn.LayerNorm(d)
+    assert cost.device_params_fixed(10, d) == n_params(pos) + n_params(ln)
+
+
+# ----------------------------------------------------------------------------- Forward-OFA
+
+
+SIZES = dict(seq_len=20, hidden_size=32, inner_size=64, n_heads=2, n_blocks=6, rt_len=10,
+             extractor="gru", rank=4, mapper_hidden=16, n_candidates=100)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "shared", "none"])
+def test_forward_ofa_cost_breakdown(mode):
+    rng = np.random.default_rng(3)
+    masks = rng.random((50, 6)) < 0.6
+    b = cost.forward_ofa_cost(masks, mapper_mode=mode, **SIZES)
+    per_block = cost.block_macs(20, 32, 64, 2)
+    kept = masks.sum(1)
+    np.testing.assert_array_equal(b.kept_blocks, kept)
+    np.testing.assert_array_equal(b.encoder_macs, kept * per_block)
+    np.testing.assert_array_equal(
+        b.encoder_params, cost.device_params_fixed(20, 32) + kept * cost.block_params(32, 64)
+    )
+    np.testing.assert_array_equal(b.mapper_macs, cost.mapper_macs(32, 64, 6, 4, 16, mode, kept))
+    assert b.mapper_params == cost.mapper_params(32, 64, 6, 4, 16, mode)
+    assert b.scoring_macs == b.candidate_params == 100 * 32
+    assert b.controller_macs == cost.controller_macs(32, 6, 10, "gru")
+    assert b.controller_params == cost.controller_params(32, 6, "gru")
+
+    rows = b.table(index=0)
+    parts = {row[0]: row for row in rows}
+    assert parts["embedding lookup (gather)"][1:] == (0, 0, "device")
+    assert parts["encoder (kept blocks)"][1] == b.encoder_macs[0]
+    assert parts["scoring (cached candidates)"][1:3] == (3200, 3200)
+    assert parts["structure controller"][3] == parts["structural mapper"][3] == "cloud"
+    assert parts["device total"][1] == b.device_macs[0] == b.encoder_macs[0] + 3200
+    assert parts["cloud total"][1] == b.cloud_macs[0]
+    mean_rows = b.table()
+    assert mean_rows[1][1] == pytest.approx(b.encoder_macs.mean())
+
+
+def test_forward_ofa_cost_compound_widths_and_errors():
+    masks = np.array([[1, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]], bool)
+    widths = np.array([32, 64, 64, 128, 32, 64])
+    sizes = dict(SIZES, inner_size=widths)
+    b = cost.forward_ofa_cost(masks, mapper_mode="parallel", **sizes)
+    per_block = cost.block_macs(20, 32, widths, 2)
+    np.testing.assert_array_equal(b.encoder_macs, masks @ per_block)
+    # all blocks as wide as the widest: the mapper formulas agree with the scalar ones
+    wide = cost.forward_ofa_cost(masks, mapper_mode="shared", **dict(SIZES, inner_size=[64] * 6))
+    np.testing.assert_array_equal(wide.mapper_macs,
+                                  cost.mapper_macs(32, 64, 6, 4, 16, "shared", masks.sum(1)))
+    assert wide.mapper_params == cost.mapper_params(32, 64, 6, 4, 16, "shared")
+    with pytest.raises(ValueError, match="n_blocks"):
+        cost.forward_ofa_cost(np.ones((2, 5)), mapper_mode="none", **SIZES)
+    with pytest.raises(ValueError, match="extractor"):
+        cost.forward_ofa_cost(masks, mapper_mode="none", **dict(SIZES, extractor="cnn"))
+
+
+# ----------------------------------------------------------------------------- RecBole baselines
+
+
+def test_sasrec_cost_is_exact(build_model):
+    model = build_model("SASRec")
+    item_seq, item_seq_len = full_sequence(model)
+    c = cost.sasrec_cost(model)
+    assert c.source == "analytic" and c.blocks == 1
+    assert c.macs == cost.measure_macs(model.forward, item_seq, item_seq_len) > 0
+    assert c.macs == cost.block_macs(10, 16, 32, 2)
+    assert c.params == n_params(model) - model.item_embedding.weight.numel()
+    assert c.params + c.excluded_params == n_params(model)
+    assert cost.model_cost(model) == c
+
+
+def test_bert4rec_cost_is_exact(build_model):
+    model = build_model("BERT4Rec", n_layers=2)
+    item_seq, item_seq_len = full_sequence(model)
+    c = cost.bert4rec_cost(model)
+    # predict() drops the oldest item and appends the mask token: length stays max_seq_length
+    rebuilt = model.reconstruct_test_data(item_seq.clone(), item_seq_len)
+    assert rebuilt.shape == (1, model.max_seq_length)
+    assert rebuilt[0, -1] == model.mask_token
+    assert c.macs == cost.measure_macs(model.forward, rebuilt)
+    L, d = 10, 16
+    assert c.macs == 2 * cost.block_macs(L, d, 32, 2) + L * d * d  # blocks + output_ffn
+    assert c.macs != 2 * cost.block_macs(L + 1, d, 32, 2) + (L + 1) * d * d
+    inter = cost._one_user_interaction(model)
+    assert cost.measure_macs(model.predict, inter) == c.macs  # 1 candidate: no matmul
+    excluded = model.item_embedding.weight.numel() + model.output_bias.numel()
+    assert c.params == n_params(model) - excluded
+    assert c.params + c.excluded_params == n_params(model)
+    assert c.blocks == 2 and c.source == "analytic"
+    assert cost.model_cost(model) == c
+
+
+def test_gru4rec_analytic_equals_measured(build_model):
+    model = build_model("GRU4Rec", hidden_size=24, num_layers=2)
+    item_seq, item_seq_len = full_sequence(model)
+    c = cost.model_cost(model)
+    assert c == cost.gru4rec_cost(model)
+    assert c.source == "analytic" and c.blocks == 2
+    assert c.macs == cost.measure_macs(model.forward, item_seq, item_seq_len)
+    assert c.macs == cost.measure_macs(model.predict, cost._one_user_interaction(model))
+    assert c.params == n_params(model) - model.item_embedding.weight.numel()
+
+
+@pytest.mark.parametrize("name", ["NARM", "STAMP", "Caser", "NextItNet", "LightSANs"])
+def test_model_cost_measures_other_models(build_model, name):
+    model = build_model(name)
+    model.train()
+    c = cost.model_cost(model)
+    assert model.training  # mode restored
+    assert c.source == "measured" and c.model == name
+    assert 0 < c.macs < 10**9
+    item_tables = sum(m.weight.numel() for m in model.modules()
+                      if isinstance(m, nn.Embedding) and m.num_embeddings == model.n_items)
+    assert c.excluded_params == item_tables > 0
+    assert c.params == n_params(model) - item_tables
+    assert c.uncounted_ops == ()
+
+
+def test_uncounted_ops_are_reported():
+    x = torch.randn(1, 8, 4)
+    macs, uncounted = cost._measure(lambda: torch.fft.irfft(torch.fft.rfft(x, dim=1), dim=1))
+    assert macs == 0
+    assert any("fft" in op for op in uncounted)
+
+
+class _Fake(nn.Module):
+    """Minimal object with the attributes model_cost reads from a SequentialRecommender."""
+
+    ITEM_SEQ, ITEM_SEQ_LEN, POS_ITEM_ID, USER_ID = "item_id_list", "item_length", "item_id", "uid"
+    max_seq_length, n_items = 5, 10
+
+    def __init__(self, fail=False):
+        super().__init__()
+        self.item_embedding = nn.Embedding(self.n_items, 4)
+        self.fail = fail
+
+    def predict(self, interaction):
+        if self.fail:
+            raise RuntimeError("boom")
+        emb = self.item_embedding(interaction[self.ITEM_SEQ]).sum(dim=1)
+        return (emb * self.item_embedding(interaction[self.POS_ITEM_ID])).sum(-1)
+
+
+def test_model_cost_never_returns_a_silent_zero():
+    with pytest.raises(cost.CostNotMeasurableError, match="_Fake.*0 MACs") as err:
+        cost.model_cost(_Fake())
+    assert isinstance(err.value, ValueError) and err.value.model_name == "_Fake"
+    with pytest.raises(cost.CostNotMeasurableError, match="RuntimeError: boom"):
+        cost.model_cost(_Fake(fail=True))
+
+
+def test_fearec_fft_is_reported_as_uncounted(build_model):
+    """FEARec mixes in the frequency domain; FlopCounterMode has no FFT formula (lower bound)."""
+    model = build_model("FEARec", n_layers=2)  # FEARec divides by n_layers - 1
+    c = cost.model_cost(model)
+    assert c.source == "measured" and c.macs > 0
+    assert any("fft" in op for op in c.uncounted_ops)
