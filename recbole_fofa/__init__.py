@@ -10,6 +10,7 @@ compat.install_numpy_aliases()
 compat.import_recbole_models()
 
 from recbole_fofa.config import Config, default_config_file  # noqa: E402
+from recbole_fofa.evaluator import register_metrics  # noqa: E402
 from recbole_fofa.quick_start import (  # noqa: E402
     load_data_and_model,
     objective_function,
@@ -18,6 +19,8 @@ from recbole_fofa.quick_start import (  # noqa: E402
 )
 from recbole_fofa.trainer import Trainer  # noqa: E402
 from recbole_fofa.utils import get_model, get_trainer  # noqa: E402
+
+register_metrics()
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,6 @@
 """The plugin's Config: RecBole's Config plus plugin name resolution, YAML and data checks."""
 
 import os
-from importlib import resources
 from pathlib import Path
 
 import recbole
@@ -15,19 +14,17 @@ _RECBOLE_EXAMPLES = Path(recbole.__file__).resolve().parent / "dataset_example"
 
 
 def properties_dir():
-    """Directory of the plugin's YAML defaults (installed package data, else the source tree)."""
-    try:
-        installed = resources.files("recbole_fofa.properties")
-        if installed.joinpath("overall.yaml").is_file():
-            return Path(str(installed))
-    except ModuleNotFoundError:
-        pass
-    source_tree = Path(__file__).resolve().parent.parent / "properties"
-    if (source_tree / "overall.yaml").is_file():
-        return source_tree
+    """Directory of the plugin's YAML defaults: installed package data, else the source tree.
+
+    ``setup.cfg`` maps the top-level ``properties/`` to ``recbole_fofa/properties`` in the wheel.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "properties", package.parent / "properties"):
+        if (candidate / "overall.yaml").is_file():
+            return candidate
     raise FileNotFoundError(
-        "recbole_fofa's properties/ (overall.yaml) was found neither in the installed package nor "
-        f"at {source_tree}; reinstall the package"
+        f"recbole_fofa's properties/overall.yaml is neither in {package} nor in {package.parent}; "
+        "reinstall the package"
     )
 
 

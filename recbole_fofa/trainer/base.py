@@ -5,6 +5,7 @@ import functools
 from recbole.trainer import Trainer as RecBoleTrainer
 
 from recbole_fofa import compat
+from recbole_fofa.evaluator.collector import CostCollector
 
 
 class PluginTrainerMixin:
@@ -14,11 +15,13 @@ class PluginTrainerMixin:
     unchanged.
     """
 
-    collector_class = compat.TensorSafeCollector
+    collector_class = CostCollector
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.eval_collector = self.collector_class(config)
+        if self.eval_collector.needs_cost and not hasattr(model, "evaluation_costs"):
+            self.eval_collector.fixed_cost(model)  # a model that cannot be costed fails here
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         with compat.trusted_checkpoint_loads():
