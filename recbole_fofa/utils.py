@@ -7,8 +7,8 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 # name -> "module:attribute"; imported lazily so that `import recbole_fofa` stays light.
-PLUGIN_MODELS = {}
-PLUGIN_TRAINERS = {}
+PLUGIN_MODELS = {"ForwardOFA": "recbole_fofa.model.forward_ofa:ForwardOFA"}
+PLUGIN_TRAINERS = {"ForwardOFA": "recbole_fofa.trainer.trainer:ForwardOFATrainer"}
 
 
 def _load(target):

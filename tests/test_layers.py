@@ -376,17 +376,17 @@ def test_run_blocks_eval_runs_only_kept_rows_and_matches_training_formula():
     gens = mapper(z, mask.float())
     factors = [mapper.factors(i) for i in range(N)]
     with torch.no_grad():
-        got = run_blocks(blocks, x, attn, mask, gens, factors, training=False)
+        got = run_blocks(blocks, x, attn, mask, gens, factors, soft=False)
     assert seen == {0: [5], 1: [], 2: [4], 3: [3]}
     for v in seen.values():
         v.clear()
     with torch.no_grad():
-        ref = run_blocks(blocks, x, attn, mask.float(), gens, factors, training=True)
+        ref = run_blocks(blocks, x, attn, mask.float(), gens, factors, soft=True)
     assert seen == {i: [B] for i in range(N)}
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     # Rows that keep nothing pass through unchanged.
     empty = torch.zeros(B, N, dtype=torch.bool)
-    assert torch.equal(run_blocks(blocks, x, attn, empty, None, None, training=False), x)
+    assert torch.equal(run_blocks(blocks, x, attn, empty, None, None, soft=False), x)
 
 
 def test_run_blocks_training_mixes_with_soft_mask_and_backpropagates():

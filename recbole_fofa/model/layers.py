@@ -391,18 +391,19 @@ def run_blocks(
     mask: torch.Tensor,
     gen_list: Optional[Sequence[Optional[BlockParams]]],
     factors_list: Optional[Sequence[Optional[Factors]]],
-    training: bool,
+    soft: bool,
 ) -> torch.Tensor:
     """Apply the block stack under a per-row keep mask [B, n].
 
-    Training: ``h = m_l * block_l(h) + (1 - m_l) * h`` on all rows (m soft or straight-through).
-    Evaluation: block l runs only on the rows that keep it (a block kept by no row is never
+    ``soft`` (controller training): ``h = m_l * block_l(h) + (1 - m_l) * h`` on all rows, so the
+    straight-through mask m carries gradients. Otherwise (evaluation, and batch-wide masks in
+    supernet training) block l runs only on the rows that keep it (a block kept by no row is never
     called), which is what a device running only its own sub-model computes.
     """
     n = len(blocks)
     gen_list = [None] * n if gen_list is None else gen_list
     factors_list = [None] * n if factors_list is None else factors_list
-    if training:
+    if soft:
         m = mask.to(hidden.dtype)
         for i, block in enumerate(blocks):
             keep = m[:, i].view(-1, 1, 1)

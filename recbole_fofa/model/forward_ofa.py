@@ -1,0 +1,339 @@
+"""Forward-OFA (KDD 2025) as a RecBole sequential model.
+
+A SASRec-style supernet of ``n_blocks`` removable transformer blocks; a structure controller that
+reads a user's last ``rt_len`` behaviours and decides which blocks to assemble; a structural mapper
+(hypernetwork) that generates the assembled blocks' parameters from the same behaviours and the
+structure. Adapting to a device is one forward pass: no gradient step ever runs for a device.
+
+Two stages (driven by :class:`recbole_fofa.trainer.ForwardOFATrainer` through :attr:`stage`):
+
+* ``supernet``: every step trains the full network plus sampled sub-networks (OFA's sandwich:
+  the smallest allowed, a single block, and random ones), distilling the full network's scores
+  into the sub-networks so that any block can be left out;
+* ``adapt``: controller + mapper (and the backbone at a scaled learning rate) under
+  ``rec_loss + sparsity_weight * sum_l(cost_l * p_l) / sum_l(cost_l)``.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.loss import BPRLoss
+from torch import nn
+
+from recbole_fofa import cost
+from recbole_fofa.config import check_value, non_negative_int, positive_int
+from recbole_fofa.model.layers import (
+    AdaptiveTransformerBlock,
+    StructuralMapper,
+    StructureController,
+    deterministic_mask,
+    gumbel_sigmoid,
+    last_k,
+    repair_to_budget,
+    run_blocks,
+)
+
+STAGES = ("supernet", "adapt")
+
+
+def _non_negative(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _positive(value):
+    return _non_negative(value) and value > 0
+
+
+class ForwardOFA(SequentialRecommender):
+    """Device-specific sub-networks, structure and parameters, in one forward pass."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self._check_config(config)
+        self.n_blocks = config["n_blocks"]
+        self.n_heads = config["n_heads"]
+        self.hidden_size = config["hidden_size"]
+        self.inner_size = config["inner_size"]
+        self.initializer_range = config["initializer_range"]
+        self.loss_type = config["loss_type"]
+        self.rt_len = config["rt_len"]
+        self.keep_threshold = config["keep_threshold"]
+        self.sparsity_weight = config["sparsity_weight"]
+        self.supernet_subnets = config["supernet_subnets"]
+        self.distill_weight = config["distill_weight"]
+
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.blocks = nn.ModuleList(
+            AdaptiveTransformerBlock(
+                self.n_heads,
+                self.hidden_size,
+                self.inner_size,
+                config["hidden_dropout_prob"],
+                config["attn_dropout_prob"],
+                config["hidden_act"],
+                config["layer_norm_eps"],
+            )
+            for _ in range(self.n_blocks)
+        )
+        self.controller = StructureController(self.hidden_size, self.n_blocks, config["extractor"])
+        self.mapper = StructuralMapper(
+            self.hidden_size,
+            self.inner_size,
+            self.n_blocks,
+            config["mapper_rank"],
+            config["mapper_hidden"],
+            config["mapper_mode"],
+        )
+        if self.loss_type == "BPR":
+            self.loss_fct = BPRLoss()
+        elif self.loss_type == "CE":
+            self.loss_fct = nn.CrossEntropyLoss()
+        else:
+            raise ValueError(f"config key `loss_type` = {self.loss_type!r}: use 'CE' or 'BPR'")
+
+        block_macs = cost.block_macs(
+            self.max_seq_length, self.hidden_size, self.inner_size, self.n_heads
+        )
+        self.register_buffer(
+            "block_costs", torch.full((self.n_blocks,), float(block_macs)), persistent=False
+        )
+        self.cost_args = {
+            "seq_len": self.max_seq_length,
+            "hidden_size": self.hidden_size,
+            "inner_size": self.inner_size,
+            "n_heads": self.n_heads,
+            "n_blocks": self.n_blocks,
+            "rt_len": self.rt_len,
+            "extractor": config["extractor"],
+            "rank": config["mapper_rank"],
+            "mapper_hidden": config["mapper_hidden"],
+            "mapper_mode": config["mapper_mode"],
+            "n_candidates": config["n_candidates"] or self.n_items,
+        }
+        self.device_budget = self._budget_macs(config["device_budget"], block_macs)
+
+        self.stage = "adapt"
+        self.tau = config["tau_start"]
+        self.other_parameter_name = ["stage"]
+        self._eval_masks = []
+        self.reset_train_stats()
+        self.apply(self._init_weights)
+        self.mapper.reset_parameters()  # generated deltas start at exactly zero
+
+    # ------------------------------------------------------------------ configuration
+    @staticmethod
+    def _check_config(config):
+        """ValueError naming the key, the value and what is allowed, for every plugin key."""
+        choices = {"extractor": ("gru", "mean"), "mapper_mode": ("parallel", "shared", "none")}
+        for key, allowed in choices.items():
+            if config[key] not in allowed:
+                raise ValueError(
+                    f"config key `{key}` = {config[key]!r} is invalid: expected one of {allowed}"
+                )
+        checks = {
+            "n_blocks": (positive_int, "an integer >= 1"),
+            "rt_len": (positive_int, "an integer >= 1"),
+            "mapper_rank": (positive_int, "an integer >= 1"),
+            "mapper_hidden": (positive_int, "an integer >= 1"),
+            "supernet_epochs": (non_negative_int, "an integer >= 0"),
+            "supernet_subnets": (non_negative_int, "an integer >= 0"),
+            "tau_anneal_epochs": (non_negative_int, "an integer >= 0"),
+            "sparsity_weight": (_non_negative, "a number >= 0"),
+            "distill_weight": (_non_negative, "a number >= 0"),
+            "backbone_lr_scale": (_non_negative, "a number >= 0"),
+            "tau_start": (_positive, "a number > 0"),
+            "tau_end": (_positive, "a number > 0"),
+            "keep_threshold": (lambda v: _positive(v) and v < 1, "a number in (0, 1)"),
+            "n_candidates": (lambda v: v is None or positive_int(v), "null or an integer >= 1"),
+        }
+        for key, (check, allowed) in checks.items():
+            check_value(key, config[key], check, allowed)
+
+    def _budget_macs(self, budget, block_macs):
+        """``device_budget`` in MACs: a fraction (<= 1) of the full encoder, or absolute MACs."""
+        if budget is None:
+            return None
+        check_value("device_budget", budget, _positive, "null, a fraction in (0, 1] or MACs > 0")
+        macs = budget * block_macs * self.n_blocks if budget <= 1 else float(budget)
+        if macs < block_macs:
+            raise ValueError(
+                f"config key `device_budget` = {budget!r} is below the cheapest sub-network: one "
+                f"block costs {block_macs:,} MACs (a fraction >= {1 / self.n_blocks:.4f})"
+            )
+        return macs
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def backbone_parameters(self):
+        """The supernet's parameters (embeddings and blocks), as opposed to controller + mapper."""
+        for name, parameter in self.named_parameters():
+            if not name.startswith(("controller.", "mapper.")):
+                yield parameter
+
+    # ------------------------------------------------------------------ network
+    def embed(self, item_seq):
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+        hidden = self.item_embedding(item_seq) + self.position_embedding(positions)
+        return self.dropout(self.LayerNorm(hidden))
+
+    def structure(self, item_seq, item_seq_len):
+        """Behaviour code z [B, d] and block logits [B, n] from the last ``rt_len`` items."""
+        recent, recent_len = last_k(item_seq, item_seq_len, self.rt_len)
+        return self.controller(self.item_embedding(recent), recent_len)
+
+    def encode(self, item_seq, item_seq_len, mask, soft, gen=None):
+        """User representations [B, d] through the blocks that ``mask`` keeps."""
+        hidden = run_blocks(
+            self.blocks,
+            self.embed(item_seq),
+            self.get_attention_mask(item_seq),
+            mask,
+            gen,
+            [self.mapper.factors(block) for block in range(self.n_blocks)],
+            soft,
+        )
+        return self.gather_indexes(hidden, item_seq_len - 1)
+
+    def eval_structure(self, item_seq, item_seq_len):
+        """Deterministic per-user structure: (z, kept mask [B, n] bool, keep probabilities)."""
+        z, logits = self.structure(item_seq, item_seq_len)
+        probs = torch.sigmoid(logits)
+        mask = deterministic_mask(probs, self.keep_threshold)
+        if self.device_budget is not None:
+            mask = repair_to_budget(mask, probs, self.block_costs, self.device_budget)
+        return z, mask, probs
+
+    def forward(self, item_seq, item_seq_len):
+        """User representations [B, d] of the current stage's network (one forward pass).
+
+        Training ``adapt``: Gumbel-sigmoid structures (straight-through) and generated params;
+        evaluation ``adapt``: deterministic structures, only kept blocks run; ``supernet``: the
+        full network.
+        """
+        if self.stage == "supernet":
+            full = torch.ones(item_seq.size(0), self.n_blocks, dtype=torch.bool,
+                              device=item_seq.device)
+            if not self.training:
+                self._eval_masks.append(full.cpu())
+            return self.encode(item_seq, item_seq_len, full, soft=False)
+        if self.training:
+            z, logits = self.structure(item_seq, item_seq_len)
+            mask = gumbel_sigmoid(logits, self.tau, hard=True)
+            self._last_probs = torch.sigmoid(logits)
+            self._train_kept_sum += float(mask.detach().sum())
+            self._train_rows += mask.size(0)
+            return self.encode(item_seq, item_seq_len, mask, soft=True, gen=self.mapper(z, mask))
+        z, mask, _ = self.eval_structure(item_seq, item_seq_len)
+        self._eval_masks.append(mask.cpu())
+        kept = mask.any(dim=0).nonzero().flatten().tolist()
+        gen = self.mapper(z, mask.to(z.dtype), blocks=kept)
+        return self.encode(item_seq, item_seq_len, mask, soft=False, gen=gen)
+
+    # ------------------------------------------------------------------ losses
+    def _scores(self, seq_output):
+        return seq_output @ self.item_embedding.weight.t()
+
+    def _rec_loss(self, seq_output, interaction):
+        pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "BPR":
+            pos = (seq_output * self.item_embedding(pos_items)).sum(-1)
+            neg = (seq_output * self.item_embedding(interaction[self.NEG_ITEM_ID])).sum(-1)
+            return self.loss_fct(pos, neg)
+        return self.loss_fct(self._scores(seq_output), pos_items)
+
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        if self.stage == "supernet":
+            return self._supernet_loss(interaction, item_seq, item_seq_len)
+        seq_output = self.forward(item_seq, item_seq_len)
+        rec_loss = self._rec_loss(seq_output, interaction)
+        expected_cost = (self._last_probs @ self.block_costs) / self.block_costs.sum()
+        sparsity_loss = self.sparsity_weight * expected_cost.mean()
+        self._train_sparsity_sum += float(sparsity_loss.detach())
+        return rec_loss, sparsity_loss
+
+    def sample_subnets(self):
+        """Batch-wide block masks for one sandwich step: the smallest (one random block), then
+        random ones (each block kept with probability 1/2, at least one)."""
+        masks = []
+        for index in range(self.supernet_subnets):
+            if index == 0:
+                mask = torch.zeros(self.n_blocks, dtype=torch.bool)
+                mask[torch.randint(self.n_blocks, (1,))] = True
+            else:
+                mask = torch.rand(self.n_blocks) < 0.5
+                if not mask.any():
+                    mask[torch.randint(self.n_blocks, (1,))] = True
+            masks.append(mask.to(self.block_costs.device))
+        return masks
+
+    def _supernet_loss(self, interaction, item_seq, item_seq_len):
+        batch = item_seq.size(0)
+        full = self.encode(item_seq, item_seq_len, torch.ones(batch, self.n_blocks, dtype=torch.bool,
+                                                               device=item_seq.device), soft=False)
+        loss = self._rec_loss(full, interaction)
+        teacher = F.softmax(self._scores(full).detach(), dim=-1) if self.distill_weight else None
+        for mask in self.sample_subnets():
+            sub = self.encode(item_seq, item_seq_len, mask.expand(batch, -1), soft=False)
+            loss = loss + self._rec_loss(sub, interaction)
+            if teacher is not None:
+                log_student = F.log_softmax(self._scores(sub), dim=-1)
+                loss = loss + self.distill_weight * F.kl_div(
+                    log_student, teacher, reduction="batchmean"
+                )
+        return loss
+
+    # ------------------------------------------------------------------ inference
+    # Inference runs under torch.inference_mode; the scores are cloned on the way out because
+    # RecBole's evaluation writes into them, which inference tensors forbid.
+    def predict(self, interaction):
+        with torch.inference_mode():
+            seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+            scores = (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=1)
+        return scores.clone()
+
+    def full_sort_predict(self, interaction):
+        with torch.inference_mode():
+            seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+            scores = self._scores(seq_output)
+        return scores.clone()
+
+    # ------------------------------------------------------------------ statistics and costs
+    def reset_train_stats(self):
+        self._train_kept_sum = 0.0
+        self._train_rows = 0
+        self._train_sparsity_sum = 0.0
+
+    def train_stats(self):
+        """Mean kept blocks per training sample since the last reset (adapt stage)."""
+        return self._train_kept_sum / max(self._train_rows, 1)
+
+    def reset_evaluation_costs(self):
+        self._eval_masks = []
+
+    def evaluation_costs(self):
+        """Per-user on-device costs of the evaluation that just ran (then forgotten)."""
+        if not self._eval_masks:
+            raise RuntimeError("ForwardOFA.evaluation_costs() called before any evaluation")
+        masks = torch.cat(self._eval_masks).numpy()
+        self._eval_masks = []
+        breakdown = cost.forward_ofa_cost(masks, **self.cost_args)
+        return {
+            "macs": breakdown.encoder_macs,
+            "params": breakdown.encoder_params,
+            "blocks": breakdown.kept_blocks,
+            "full_macs": float(self.block_costs.sum()),
+            "candidate_params": np.asarray(breakdown.candidate_params, dtype=np.float64),
+        }
