@@ -281,8 +281,8 @@ class ForwardOFA(SequentialRecommender):
 
     def _supernet_loss(self, interaction, item_seq, item_seq_len):
         batch = item_seq.size(0)
-        full = self.encode(item_seq, item_seq_len, torch.ones(batch, self.n_blocks, dtype=torch.bool,
-                                                               device=item_seq.device), soft=False)
+        every_block = torch.ones(batch, self.n_blocks, dtype=torch.bool, device=item_seq.device)
+        full = self.encode(item_seq, item_seq_len, every_block, soft=False)
         loss = self._rec_loss(full, interaction)
         teacher = F.softmax(self._scores(full).detach(), dim=-1) if self.distill_weight else None
         for mask in self.sample_subnets():

@@ -1,0 +1,193 @@
+"""ForwardOFA and its trainer on the planted dataset: learning, structure, budgets, errors."""
+
+import pytest
+import torch
+from conftest import random_ndcg_at_10
+
+from recbole_fofa import Config, compat, cost, get_model, get_trainer, run_recbole_fofa
+from recbole_fofa.model import ForwardOFA
+from recbole_fofa.quick_start import prepare
+
+
+@pytest.fixture
+def fofa(planted):
+    dataset, config = planted
+    config.update(n_blocks=3, rt_len=4, supernet_epochs=5, epochs=5, mapper_rank=4,
+                  mapper_hidden=16, metrics=["NDCG", "Hit", "MACs", "Blocks", "Params"])
+    return dataset, config
+
+
+def _batch(cfg, data):
+    return next(iter(data))
+
+
+def test_forward_ofa_learns_and_reports_its_structure(fofa):
+    dataset, config = fofa
+    result = run_recbole_fofa(model="ForwardOFA", dataset=dataset, config_dict=config)
+    test = result["test_result"]
+    assert test["ndcg@10"] > 0.8 > 5 * random_ndcg_at_10()
+    block = cost.block_macs(8, 16, 32, 2)
+    assert 1 <= test["blocks"] <= 3
+    assert test["macs"] == pytest.approx(test["blocks"] * block)
+    assert test["params"] == pytest.approx(cost.device_params_fixed(8, 16)
+                                           + test["blocks"] * cost.block_params(16, 32))
+
+
+def test_resolved_by_name_and_usable_with_the_stock_config(fofa):
+    from recbole.config import Config as StockConfig
+
+    from recbole_fofa import default_config_file
+    from recbole_fofa.trainer import ForwardOFATrainer
+
+    dataset, config = fofa
+    assert get_model("ForwardOFA") is ForwardOFA
+    assert get_trainer(ForwardOFA.type, "ForwardOFA") is ForwardOFATrainer
+    stock = StockConfig(model=ForwardOFA, dataset=dataset,
+                        config_file_list=[default_config_file("ForwardOFA")],
+                        config_dict=dict(config, train_neg_sample_args=None))
+    assert stock["n_blocks"] == 3 and stock["mapper_mode"] == "parallel"
+
+
+def _head_grads(model, block):
+    """Gradients of a scalar of block ``block``'s generated parameters w.r.t. every head."""
+    model.zero_grad()
+    for head in model.mapper.heads:
+        torch.nn.init.normal_(head[-1].weight, std=0.5)
+    z = torch.randn(4, model.hidden_size)
+    mask = torch.ones(4, model.n_blocks)
+    generated = model.mapper(z, mask)[block]
+    (generated.g1.sum() + generated.ln_scale.sum()).backward()
+    return [sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0
+                for p in head.parameters()) for head in model.mapper.heads]
+
+
+@pytest.mark.parametrize("mode", ["parallel", "shared"])
+def test_parallel_heads_isolate_gradients_and_shared_ones_couple_them(fofa, mode):
+    dataset, config = fofa
+    _, model, _ = prepare("ForwardOFA", dataset, config_dict=dict(config, mapper_mode=mode))
+    for block in range(model.n_blocks):
+        grads = _head_grads(model, block)
+        if mode == "parallel":
+            assert grads[block] > 0
+            assert all(g == 0.0 for j, g in enumerate(grads) if j != block)
+        else:
+            assert len(grads) == 1 and grads[0] > 0
+
+
+def _mean_kept_blocks(dataset, config, weight):
+    config = dict(config, sparsity_weight=weight, supernet_epochs=2, epochs=4, seed=7,
+                  keep_threshold=0.5)
+    return run_recbole_fofa(model="ForwardOFA", dataset=dataset, config_dict=config,
+                            saved=False)["test_result"]["blocks"]
+
+
+def test_larger_sparsity_weight_keeps_fewer_blocks(fofa):
+    dataset, config = fofa
+    assert _mean_kept_blocks(dataset, config, 20.0) < _mean_kept_blocks(dataset, config, 0.0)
+
+
+def test_skipped_blocks_are_not_called_and_budgets_hold(fofa):
+    dataset, config = fofa
+    config["device_budget"] = 0.34  # one block of three
+    cfg, model, (train, valid, test) = prepare("ForwardOFA", dataset, config_dict=config)
+    rows_seen = [0] * model.n_blocks
+
+    def counter(index):
+        def hook(module, args, output):
+            rows_seen[index] += args[0].size(0)
+        return hook
+
+    for index, block in enumerate(model.blocks):
+        block.register_forward_hook(counter(index))
+    with torch.no_grad():  # make the controller keep exactly block 1 for everyone
+        model.controller.linear.weight.zero_()
+        model.controller.linear.bias.copy_(torch.tensor([-5.0, 5.0, -5.0]))
+    model.eval()
+    batch = next(iter(test))[0]
+    model.full_sort_predict(batch)
+    assert rows_seen == [0, len(batch), 0]
+
+    with torch.no_grad():  # all blocks wanted, the budget allows one: the most probable stays
+        model.controller.linear.bias.copy_(torch.tensor([5.0, 6.0, 4.0]))
+    _, mask, _ = model.eval_structure(batch["item_id_list"], batch["item_length"])
+    assert mask.sum(dim=1).eq(1).all() and mask[:, 1].all()
+    model.reset_evaluation_costs()
+    model.full_sort_predict(batch)
+    macs = model.evaluation_costs()["macs"]
+    assert (macs <= model.device_budget).all()
+
+
+def test_inference_is_one_forward_pass_without_gradients(fofa):
+    dataset, config = fofa
+    _, model, (_, _, test) = prepare("ForwardOFA", dataset, config_dict=config)
+    model.eval()
+    batch = next(iter(test))[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    scores = model.full_sort_predict(batch)
+    assert not scores.requires_grad and scores.shape == (len(batch), model.n_items)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_save_then_load_gives_identical_scores(fofa, tmp_path):
+    dataset, config = fofa
+    config.update(supernet_epochs=1, epochs=1)
+    cfg, model, (train, valid, test) = prepare("ForwardOFA", dataset, config_dict=config)
+    trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
+    trainer.fit(train, valid, saved=True)
+    batch = next(iter(test))[0]
+    model.eval()
+    scores = model.full_sort_predict(batch)
+    checkpoint = compat.torch_load_trusted(trainer.saved_model_file)
+    assert checkpoint["other_parameter"]["stage"] == "adapt"
+
+    _, fresh, _ = prepare("ForwardOFA", dataset, config_dict=config)
+    fresh.stage = "supernet"
+    fresh.load_state_dict(checkpoint["state_dict"])
+    fresh.load_other_parameter(checkpoint["other_parameter"])
+    fresh.eval()
+    assert fresh.stage == "adapt"
+    assert torch.equal(fresh.full_sort_predict(batch), scores)
+
+    resumed = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, fresh)
+    assert fresh.stage == "supernet"
+    resumed.resume_checkpoint(trainer.saved_model_file)
+    assert fresh.stage == "adapt" and resumed.start_epoch == checkpoint["epoch"] + 1
+
+
+def test_stage_two_scales_or_freezes_the_backbone(fofa):
+    dataset, config = fofa
+    for scale in (0.0, 0.5):
+        cfg, model, _ = prepare("ForwardOFA", dataset,
+                                config_dict=dict(config, backbone_lr_scale=scale, supernet_epochs=0))
+        trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
+        lrs = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+        frozen = [p for p in model.backbone_parameters() if not p.requires_grad]
+        if scale == 0.0:
+            assert lrs == [cfg["learning_rate"]] and len(frozen) == len(
+                list(model.backbone_parameters()))
+        else:
+            assert lrs == [cfg["learning_rate"] * 0.5, cfg["learning_rate"]] and not frozen
+    assert trainer.temperature(0) == cfg["tau_start"]
+    assert trainer.temperature(cfg["tau_anneal_epochs"]) == pytest.approx(cfg["tau_end"])
+
+
+@pytest.mark.parametrize("key, value", [
+    ("mapper_mode", "serial"), ("extractor", "lstm"), ("rt_len", 0), ("n_blocks", 0),
+    ("sparsity_weight", -0.1), ("keep_threshold", 1.0), ("keep_threshold", 0.0),
+    ("device_budget", 0.2), ("device_budget", 100)])
+def test_invalid_values_raise_naming_the_key(fofa, key, value):
+    dataset, config = fofa
+    config[key] = value
+    with pytest.raises(ValueError, match=f"`{key}` = {value!r}"):
+        prepare("ForwardOFA", dataset, config_dict=config)
+
+
+def test_plugin_yaml_documents_every_key():
+    config = Config(model="ForwardOFA", dataset="ml-100k")
+    for key in ["n_blocks", "rt_len", "extractor", "mapper_mode", "mapper_rank", "mapper_hidden",
+                "sparsity_weight", "keep_threshold", "tau_start", "tau_end", "tau_anneal_epochs",
+                "device_budget", "supernet_epochs", "supernet_subnets", "distill_weight",
+                "backbone_lr_scale", "n_candidates"]:
+        assert key in config
+    assert config["n_blocks"] == 6 and config["rt_len"] == 10
