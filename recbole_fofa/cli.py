@@ -2,7 +2,7 @@
 
 import argparse
 
-from recbole_fofa.quick_start import results_table, run
+from recbole_fofa.quick_start import comparison_table, results_table, run
 
 
 def build_parser():
@@ -11,7 +11,8 @@ def build_parser():
         description="Train and test a recbole_fofa or RecBole model. Any other --key=value flag "
         "becomes a RecBole config entry (e.g. --epochs=5 --hidden_size=32).",
     )
-    parser.add_argument("--model", "-m", type=str, default="SASRec", help="model name")
+    parser.add_argument("--model", "-m", type=str, default="ForwardOFA",
+                        help="model name, or several separated by commas to compare them")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated files")
     parser.add_argument("--nproc", type=int, default=1, help="number of processes (GPUs)")
@@ -23,20 +24,26 @@ def build_parser():
 
 
 def main(argv=None):
-    """Parse flags (unknown ones are left to RecBole's Config), run, print the metrics table."""
+    """Parse flags (unknown ones are left to RecBole's Config), run each model, print metrics."""
     args, _ = build_parser().parse_known_args(argv)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
-    result = run(
-        args.model,
-        args.dataset,
-        config_file_list=config_file_list,
-        nproc=args.nproc,
-        world_size=args.world_size,
-        ip=args.ip,
-        port=args.port,
-        group_offset=args.group_offset,
-    )
-    if result is not None:
-        print(f"\n{args.model} on {args.dataset}")
-        print(results_table(result))
-    return result
+    results = {}
+    for model in [name.strip() for name in args.model.split(",") if name.strip()]:
+        result = run(
+            model,
+            args.dataset,
+            config_file_list=config_file_list,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+        )
+        if result is not None:
+            results[model] = result
+            print(f"\n{model} on {args.dataset}")
+            print(results_table(result))
+    if len(results) > 1:
+        print(f"\ntest results on {args.dataset} (MACs per user; FLOPs = 2 x MACs)")
+        print(comparison_table({name: r["test_result"] for name, r in results.items()}))
+    return results

@@ -166,6 +166,18 @@ def results_table(result):
     return "\n".join(lines)
 
 
+def comparison_table(results):
+    """One column per model, one row per metric: ``{model: metric dict}`` as aligned text."""
+    names = list(dict.fromkeys(key for metrics in results.values() for key in metrics))
+    width = max([len("metric"), *map(len, names)])
+    cols = [max(12, len(model)) for model in results]
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{m:>{c}}" for m, c in zip(results, cols))]
+    for name in names:
+        cells = [_fmt(metrics.get(name)) for metrics in results.values()]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>{c}}" for v, c in zip(cells, cols)))
+    return "\n".join(lines)
+
+
 def _fmt(value):
     if value is None:
         return "-"

@@ -158,8 +158,8 @@ def test_save_then_load_gives_identical_scores(fofa, tmp_path):
 def test_stage_two_scales_or_freezes_the_backbone(fofa):
     dataset, config = fofa
     for scale in (0.0, 0.5):
-        cfg, model, _ = prepare("ForwardOFA", dataset,
-                                config_dict=dict(config, backbone_lr_scale=scale, supernet_epochs=0))
+        settings = dict(config, backbone_lr_scale=scale, supernet_epochs=0)
+        cfg, model, _ = prepare("ForwardOFA", dataset, config_dict=settings)
         trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
         lrs = sorted(group["lr"] for group in trainer.optimizer.param_groups)
         frozen = [p for p in model.backbone_parameters() if not p.requires_grad]
