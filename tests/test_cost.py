@@ -42,13 +42,7 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def build_model(tiny_root):
     """Factory: a RecBole model (class name) built on the tiny dataset, with tiny sizes."""
-    # numpy 2 removed np.float_/np.complex_/np.unicode_, which RecBole's
-    # Config.compatibility_settings reads; recbole_fofa.compat restores them on package import,
-    # done here explicitly so the test does not depend on that.
-    for name, value in (("float_", np.float64), ("complex_", np.complex128),
-                        ("unicode_", np.str_)):
-        if name not in np.__dict__:
-            setattr(np, name, value)
+    # importing recbole_fofa (above) restored the numpy names RecBole's Config needs
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model
