@@ -1,6 +1,8 @@
 """Command line entry point; same flags as RecBole's run_recbole.py (see README)."""
 
+import sys
+
 from recbole_fofa.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,7 +24,16 @@ def build_parser():
 
 
 def main(argv=None):
-    """Parse flags (unknown ones are left to RecBole's Config), run each model, print metrics."""
+    """Console entry point: run the models, print their metrics; returns the exit status 0."""
+    run_models(argv)
+    return 0
+
+
+def run_models(argv=None):
+    """Parse flags (unknown ones are left to RecBole's Config), run each model, print metrics.
+
+    Returns ``{model: run_recbole_fofa result}``.
+    """
     args, _ = build_parser().parse_known_args(argv)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     results = {}
