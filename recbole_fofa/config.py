@@ -29,7 +29,7 @@ def properties_dir():
 
 
 def default_config_file(name, kind="model"):
-    """Path of a plugin YAML file, e.g. for the stock Config: ``default_config_file("ForwardOFA")``."""
+    """Path of a plugin YAML file, e.g. ``default_config_file("ForwardOFA")``."""
     path = properties_dir() / kind / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no plugin {kind} properties for [{name}] at {path}")
