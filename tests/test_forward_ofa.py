@@ -127,6 +127,9 @@ def test_inference_is_one_forward_pass_without_gradients(fofa):
     assert not scores.requires_grad and scores.shape == (len(batch), model.n_items)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.grad is None for p in model.parameters())
+    assert model._eval_masks is None  # serving outside an evaluation records nothing
+    with pytest.raises(RuntimeError, match="reset_evaluation_costs"):
+        model.evaluation_costs()
 
 
 def test_save_then_load_gives_identical_scores(fofa, tmp_path):

@@ -11,9 +11,10 @@ from recbole_fofa.evaluator.metrics import COST_KEYS
 class CostCollector(compat.TensorSafeCollector):
     """Fills the ``model.*`` keys the cost metrics need, after every evaluation.
 
-    A model with per-user structures implements ``evaluation_costs()`` returning per-user tensors
+    A model with per-user structures implements ``reset_evaluation_costs()`` (the plugin's trainers
+    call it when an evaluation starts) and ``evaluation_costs()`` returning per-user arrays
     ``macs``, ``params``, ``blocks`` and the scalars ``full_macs`` and ``candidate_params`` for the
-    users of the evaluation that just ran (and forgetting them). Any other model has one constant
+    users evaluated since (and forgetting them). Any other model has one constant
     cost, from :func:`recbole_fofa.cost.model_cost`: analytic where it has a formula, otherwise
     measured with ``FlopCounterMode`` and logged as such. The ``model.*`` keys are replaced, never
     appended, and dropped after each evaluation, so evaluations never mix their numbers.

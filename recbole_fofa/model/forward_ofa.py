@@ -119,7 +119,7 @@ class ForwardOFA(SequentialRecommender):
         self.stage = "adapt"
         self.tau = config["tau_start"]
         self.other_parameter_name = ["stage"]
-        self._eval_masks = []
+        self._eval_masks = None  # a list while an evaluation records per-user structures
         self.reset_train_stats()
         self.apply(self._init_weights)
         self.mapper.reset_parameters()  # generated deltas start at exactly zero
@@ -128,7 +128,7 @@ class ForwardOFA(SequentialRecommender):
     @staticmethod
     def _check_config(config):
         """ValueError naming the key, the value and what is allowed, for every plugin key."""
-        choices = {"extractor": ("gru", "mean"), "mapper_mode": ("parallel", "shared", "none")}
+        choices = {"extractor": cost.EXTRACTORS, "mapper_mode": cost.MAPPER_MODES}
         for key, allowed in choices.items():
             if config[key] not in allowed:
                 raise ValueError(
@@ -225,7 +225,7 @@ class ForwardOFA(SequentialRecommender):
             full = torch.ones(item_seq.size(0), self.n_blocks, dtype=torch.bool,
                               device=item_seq.device)
             if not self.training:
-                self._eval_masks.append(full.cpu())
+                self._record(full)
             return self.encode(item_seq, item_seq_len, full, soft=False)
         if self.training:
             z, logits = self.structure(item_seq, item_seq_len)
@@ -235,7 +235,7 @@ class ForwardOFA(SequentialRecommender):
             self._train_rows += mask.size(0)
             return self.encode(item_seq, item_seq_len, mask, soft=True, gen=self.mapper(z, mask))
         z, mask, _ = self.eval_structure(item_seq, item_seq_len)
-        self._eval_masks.append(mask.cpu())
+        self._record(mask)
         kept = mask.any(dim=0).nonzero().flatten().tolist()
         gen = self.mapper(z, mask.to(z.dtype), blocks=kept)
         return self.encode(item_seq, item_seq_len, mask, soft=False, gen=gen)
@@ -320,15 +320,23 @@ class ForwardOFA(SequentialRecommender):
         """Mean kept blocks per training sample since the last reset (adapt stage)."""
         return self._train_kept_sum / max(self._train_rows, 1)
 
+    def _record(self, mask):
+        if self._eval_masks is not None:
+            self._eval_masks.append(mask.cpu())
+
     def reset_evaluation_costs(self):
+        """Start recording each evaluated user's structure (plugin trainers call it in evaluate)."""
         self._eval_masks = []
 
     def evaluation_costs(self):
-        """Per-user on-device costs of the evaluation that just ran (then forgotten)."""
+        """Per-user on-device costs recorded since ``reset_evaluation_costs`` (then forgotten)."""
         if not self._eval_masks:
-            raise RuntimeError("ForwardOFA.evaluation_costs() called before any evaluation")
+            raise RuntimeError(
+                "ForwardOFA.evaluation_costs(): no evaluated users were recorded; call "
+                "reset_evaluation_costs() before evaluating"
+            )
         masks = torch.cat(self._eval_masks).numpy()
-        self._eval_masks = []
+        self._eval_masks = None
         breakdown = cost.forward_ofa_cost(masks, **self.cost_args)
         return {
             "macs": breakdown.encoder_macs,

@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from recbole.model.layers import FeedForward, MultiHeadAttention
 from torch import nn
 
-Factors = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+from recbole_fofa.cost import EXTRACTORS, MAPPER_MODES
 
-MAPPER_MODES = ("parallel", "shared", "none")
-EXTRACTORS = ("gru", "mean")
+Factors = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass

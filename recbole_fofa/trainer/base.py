@@ -24,6 +24,8 @@ class PluginTrainerMixin:
             self.eval_collector.fixed_cost(model)  # a model that cannot be costed fails here
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if hasattr(self.model, "reset_evaluation_costs"):  # models with per-user structures
+            self.model.reset_evaluation_costs()
         with compat.trusted_checkpoint_loads():
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 

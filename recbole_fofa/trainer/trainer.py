@@ -81,11 +81,7 @@ class ForwardOFATrainer(Trainer):
             )
         return losses
 
-    # ------------------------------------------------------------------ evaluation, checkpoints
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        self.model.reset_evaluation_costs()
-        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
-
+    # ------------------------------------------------------------------ checkpoints
     def resume_checkpoint(self, resume_file):
         checkpoint = compat.torch_load_trusted(resume_file, self.device)
         stage = (checkpoint.get("other_parameter") or {}).get("stage", "adapt")
