@@ -7,7 +7,6 @@ from (analytic formula, or FlopCounterMode measurement).
 """
 
 import argparse
-import logging
 import sys
 import time
 
@@ -37,7 +36,6 @@ def main():
             rows.append((name, f"{c.macs:,}", f"{c.params:,}", str(c.blocks), c.source, note))
         except Exception as err:  # report and go on: the table should show every model
             rows.append((name, "-", "-", "-", "not measurable", f"{type(err).__name__}: {err}"))
-        logging.getLogger().handlers.clear()
     header = ("model", "MACs/user", "Params", "Blocks", "source", "note")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"\nRecBole defaults, MAX_ITEM_LIST_LENGTH={args.max_len}, ml-100k (FLOPs = 2 x MACs)")

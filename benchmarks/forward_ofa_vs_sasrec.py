@@ -11,25 +11,19 @@ seconds per epoch of each stage.
 """
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_seed
-
-from recbole_fofa import Config, get_model, get_trainer
+from recbole_fofa import get_trainer
+from recbole_fofa.quick_start import prepare
 
 MAIN = str(Path(__file__).resolve().parent.parent / "properties" / "main.yaml")
 
 
 def train_and_test(model, settings):
     """Fit, then test the best checkpoint; returns (test result, mean s/epoch by stage)."""
-    config = Config(model=model, dataset="ml-100k", config_file_list=[MAIN], config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    train, valid, test = data_preparation(config, create_dataset(config))
-    net = get_model(model)(config, train._dataset).to(config["device"])
+    config, net, (train, valid, test) = prepare(model, "ml-100k", [MAIN], settings)
     trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
     seconds = {}
     inner = trainer._train_epoch
@@ -44,7 +38,6 @@ def train_and_test(model, settings):
     trainer._train_epoch = timed
     trainer.fit(train, valid, saved=True, show_progress=False)
     result = trainer.evaluate(test, load_best_model=True)
-    logging.getLogger().handlers.clear()
     return result, {stage: sum(v) / len(v) for stage, v in seconds.items()}
 
 
