@@ -113,6 +113,10 @@ def positive_number(value):
     return _is_number(value) and value > 0
 
 
+def non_negative_number(value):
+    return _is_number(value) and value >= 0
+
+
 def probability(value):
     return _is_number(value) and 0 <= value < 1
 

@@ -22,7 +22,13 @@ from recbole.model.loss import BPRLoss
 from torch import nn
 
 from recbole_fofa import cost
-from recbole_fofa.config import check_value, non_negative_int, positive_int
+from recbole_fofa.config import (
+    check_value,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+)
 from recbole_fofa.model.layers import (
     AdaptiveTransformerBlock,
     StructuralMapper,
@@ -35,14 +41,6 @@ from recbole_fofa.model.layers import (
 )
 
 STAGES = ("supernet", "adapt")
-
-
-def _non_negative(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-
-
-def _positive(value):
-    return _non_negative(value) and value > 0
 
 
 class ForwardOFA(SequentialRecommender):
@@ -142,12 +140,12 @@ class ForwardOFA(SequentialRecommender):
             "supernet_epochs": (non_negative_int, "an integer >= 0"),
             "supernet_subnets": (non_negative_int, "an integer >= 0"),
             "tau_anneal_epochs": (non_negative_int, "an integer >= 0"),
-            "sparsity_weight": (_non_negative, "a number >= 0"),
-            "distill_weight": (_non_negative, "a number >= 0"),
-            "backbone_lr_scale": (_non_negative, "a number >= 0"),
-            "tau_start": (_positive, "a number > 0"),
-            "tau_end": (_positive, "a number > 0"),
-            "keep_threshold": (lambda v: _positive(v) and v < 1, "a number in (0, 1)"),
+            "sparsity_weight": (non_negative_number, "a number >= 0"),
+            "distill_weight": (non_negative_number, "a number >= 0"),
+            "backbone_lr_scale": (non_negative_number, "a number >= 0"),
+            "tau_start": (positive_number, "a number > 0"),
+            "tau_end": (positive_number, "a number > 0"),
+            "keep_threshold": (lambda v: positive_number(v) and v < 1, "a number in (0, 1)"),
             "n_candidates": (lambda v: v is None or positive_int(v), "null or an integer >= 1"),
         }
         for key, (check, allowed) in checks.items():
@@ -157,7 +155,8 @@ class ForwardOFA(SequentialRecommender):
         """``device_budget`` in MACs: a fraction (<= 1) of the full encoder, or absolute MACs."""
         if budget is None:
             return None
-        check_value("device_budget", budget, _positive, "null, a fraction in (0, 1] or MACs > 0")
+        allowed = "null, a fraction in (0, 1] or MACs > 0"
+        check_value("device_budget", budget, positive_number, allowed)
         macs = budget * block_macs * self.n_blocks if budget <= 1 else float(budget)
         if macs < block_macs:
             raise ValueError(
