@@ -128,10 +128,7 @@ class ForwardOFA(SequentialRecommender):
         """ValueError naming the key, the value and what is allowed, for every plugin key."""
         choices = {"extractor": cost.EXTRACTORS, "mapper_mode": cost.MAPPER_MODES}
         for key, allowed in choices.items():
-            if config[key] not in allowed:
-                raise ValueError(
-                    f"config key `{key}` = {config[key]!r} is invalid: expected one of {allowed}"
-                )
+            check_value(key, config[key], allowed.__contains__, f"one of {allowed}")
         checks = {
             "n_blocks": (positive_int, "an integer >= 1"),
             "rt_len": (positive_int, "an integer >= 1"),
