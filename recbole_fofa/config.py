@@ -40,10 +40,11 @@ class Config(RecBoleConfig):
     """RecBole's ``Config`` that also knows the plugin's models and defaults.
 
     On top of RecBole's resolution order it (1) resolves model names through
-    :func:`recbole_fofa.utils.get_model`; (2) layers ``properties/overall.yaml``,
-    ``properties/model/<model>.yaml`` and ``properties/dataset/<dataset>.yaml`` over RecBole's own
-    defaults (user files, dicts and command line still win); (3) disables training negative sampling
-    for CE-loss sequential models unless the user configured it (RecBole refuses the combination);
+    :func:`recbole_fofa.utils.get_model`; (2) layers ``properties/overall.yaml`` and
+    ``properties/model/<model>.yaml`` over RecBole's own defaults (user files, dicts and command
+    line still win; no dataset presets, so RecBole's models see RecBole's dataset settings);
+    (3) disables training negative sampling for CE-loss sequential models unless the user
+    configured it (RecBole refuses the combination);
     (4) checks that the dataset's atomic files exist before RecBole would try to download them.
     """
 
@@ -67,17 +68,9 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         plugin = properties_dir()
-        for path in (
-            plugin / "overall.yaml",
-            plugin / "model" / f"{model}.yaml",
-            plugin / "dataset" / f"{dataset}.yaml",
-        ):
+        for path in (plugin / "overall.yaml", plugin / "model" / f"{model}.yaml"):
             if path.is_file():
-                loaded = self._update_internal_config_dict(str(path)) or {}
-                if path.parent.name == "dataset":
-                    self.parameters["Dataset"] += [
-                        key for key in loaded if key not in self.parameters["Dataset"]
-                    ]
+                self._update_internal_config_dict(str(path))
 
     def _set_default_parameters(self):
         final = self.final_config_dict

@@ -142,6 +142,7 @@ def load_data_and_model(model_file):
     """Rebuild config, model (best weights), dataset and dataloaders from a plugin checkpoint."""
     checkpoint = compat.torch_load_trusted(model_file)
     config = checkpoint["config"]
+    config.compatibility_settings()  # an unpickled Config skipped the numpy aliases of __init__
     init_seed(config["seed"], config["reproducibility"])
     _fresh_logger(config)
     data = create_dataset(config)

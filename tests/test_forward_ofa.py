@@ -90,6 +90,7 @@ def test_skipped_blocks_are_not_called_and_budgets_hold(fofa):
     dataset, config = fofa
     config["device_budget"] = 0.34  # one block of three
     cfg, model, (train, valid, test) = prepare("ForwardOFA", dataset, config_dict=config)
+    model.stage = "adapt"  # the controller's structures (a new model starts as a supernet)
     rows_seen = [0] * model.n_blocks
 
     def counter(index):
@@ -120,6 +121,7 @@ def test_skipped_blocks_are_not_called_and_budgets_hold(fofa):
 def test_inference_is_one_forward_pass_without_gradients(fofa):
     dataset, config = fofa
     _, model, (_, _, test) = prepare("ForwardOFA", dataset, config_dict=config)
+    model.stage = "adapt"
     model.eval()
     batch = next(iter(test))[0]
     before = [p.detach().clone() for p in model.parameters()]
@@ -152,6 +154,7 @@ def test_save_then_load_gives_identical_scores(fofa, tmp_path):
     assert fresh.stage == "adapt"
     assert torch.equal(fresh.full_sort_predict(batch), scores)
 
+    fresh.stage = "supernet"  # resuming switches to the checkpoint's stage
     resumed = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, fresh)
     assert fresh.stage == "supernet"
     resumed.resume_checkpoint(trainer.saved_model_file)

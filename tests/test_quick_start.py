@@ -102,9 +102,8 @@ def test_plugin_yaml_layers_under_user_settings(planted):
     assert defaults["valid_metric"] == plugin["valid_metric"]
     overridden = Config(model="SASRec", dataset=dataset, config_dict=config)
     assert overridden["valid_metric"] == "NDCG@10" and overridden["metrics"] == ["NDCG", "Hit"]
-    preset = yaml.safe_load((properties_dir() / "dataset" / "ml-100k.yaml").read_text())
-    ml = Config(model="SASRec", dataset="ml-100k")
-    assert ml["MAX_ITEM_LIST_LENGTH"] == preset["MAX_ITEM_LIST_LENGTH"]
+    ml = Config(model="SASRec", dataset="ml-100k")  # RecBole's own ml-100k settings, unchanged
+    assert ml["MAX_ITEM_LIST_LENGTH"] == 50 and "rating" in ml["load_col"]["inter"]
     with pytest.raises(FileNotFoundError, match="NoSuchModel"):
         default_config_file("NoSuchModel")
 

@@ -114,7 +114,8 @@ class ForwardOFA(SequentialRecommender):
         }
         self.device_budget = self._budget_macs(config["device_budget"], block_macs)
 
-        self.stage = "adapt"
+        # A new model starts where training starts; a loaded one keeps its saved stage.
+        self.stage = "supernet" if config["supernet_epochs"] > 0 else "adapt"
         self.tau = config["tau_start"]
         self.other_parameter_name = ["stage"]
         self._eval_masks = None  # a list while an evaluation records per-user structures
@@ -323,6 +324,10 @@ class ForwardOFA(SequentialRecommender):
     def reset_evaluation_costs(self):
         """Start recording each evaluated user's structure (plugin trainers call it in evaluate)."""
         self._eval_masks = []
+
+    def stop_evaluation_costs(self):
+        """Stop recording and drop what was recorded (plugin trainers call it after evaluate)."""
+        self._eval_masks = None
 
     def evaluation_costs(self):
         """Per-user on-device costs recorded since ``reset_evaluation_costs`` (then forgotten)."""

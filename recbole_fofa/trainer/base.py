@@ -24,10 +24,15 @@ class PluginTrainerMixin:
             self.eval_collector.fixed_cost(model)  # a model that cannot be costed fails here
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if hasattr(self.model, "reset_evaluation_costs"):  # models with per-user structures
+        records = self.eval_collector.needs_cost and hasattr(self.model, "reset_evaluation_costs")
+        if records:  # models with per-user structures record them for this evaluation only
             self.model.reset_evaluation_costs()
-        with compat.trusted_checkpoint_loads():
-            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        try:
+            with compat.trusted_checkpoint_loads():
+                return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        finally:
+            if hasattr(self.model, "stop_evaluation_costs"):
+                self.model.stop_evaluation_costs()
 
     def resume_checkpoint(self, resume_file):
         with compat.trusted_checkpoint_loads():

@@ -22,7 +22,7 @@ class ForwardOFATrainer(Trainer):
         super().__init__(config, model)
         self.supernet_epochs = config["supernet_epochs"]
         self.adapt_epochs = config["epochs"]
-        self._enter_stage("supernet" if self.supernet_epochs > 0 else "adapt")
+        self._enter_stage(model.stage)  # a trained (or reloaded) model keeps its stage
 
     # ------------------------------------------------------------------ stages
     def _enter_stage(self, stage):

@@ -1,0 +1,98 @@
+"""Reloading a trained model in a fresh process, and serving without accumulating state."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from recbole_fofa import get_trainer
+from recbole_fofa.quick_start import prepare
+
+COST = ["NDCG", "Hit", "MACs", "Params", "Blocks"]
+
+# Run in a fresh interpreter: nothing of the training process (numpy aliases set by Config(),
+# imported modules, the model object) may help the reload.
+RELOAD = textwrap.dedent(
+    """
+    import json, sys
+    from recbole_fofa import get_trainer, load_data_and_model
+    config, model, _, _, _, test = load_data_and_model(sys.argv[1])
+    stage = getattr(model, "stage", None)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    result = trainer.evaluate(test, load_best_model=False)
+    print(json.dumps({"stage": [stage, getattr(model, "stage", None)],
+                      "result": {k: float(v) for k, v in result.items()}}))
+    """
+)
+
+
+def _train(model_name, dataset, config):
+    cfg, model, (train, valid, test) = prepare(model_name, dataset, config_dict=config)
+    trainer = get_trainer(cfg["MODEL_TYPE"], model_name)(cfg, model)
+    trainer.fit(train, valid, saved=True)
+    result = trainer.evaluate(test, load_best_model=True)
+    return trainer, model, test, {key: float(value) for key, value in result.items()}
+
+
+@pytest.mark.parametrize("model_name", ["ForwardOFA", "SASRec"])
+def test_reload_in_a_fresh_process_gives_the_scores_and_costs_of_training(planted, model_name):
+    dataset, config = planted
+    config.update(epochs=2, supernet_epochs=1, n_blocks=3, rt_len=4, mapper_rank=4,
+                  mapper_hidden=16, metrics=COST)
+    trainer, model, _, expected = _train(model_name, dataset, config)
+    done = subprocess.run([sys.executable, "-c", RELOAD, trainer.saved_model_file],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert reloaded["result"] == expected  # exactly: same weights, same stage, same structures
+    assert set(expected) >= {"ndcg@10", "hit@10", "macs", "params", "blocks"}
+    if model_name == "ForwardOFA":
+        assert reloaded["stage"] == ["adapt", "adapt"]  # building the trainer kept the stage
+
+
+def test_a_new_trainer_keeps_a_trained_models_stage(planted):
+    dataset, config = planted
+    config.update(epochs=1, supernet_epochs=1, n_blocks=3, rt_len=4, mapper_rank=4,
+                  mapper_hidden=16)
+    cfg, model, _ = prepare("ForwardOFA", dataset, config_dict=config)
+    assert model.stage == "supernet"  # a new model starts with the supernet stage
+    model.stage = "adapt"
+    trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
+    assert model.stage == "adapt" and trainer.epochs == cfg["epochs"]
+    cfg, model, _ = prepare("ForwardOFA", dataset, config_dict=dict(config, supernet_epochs=0))
+    assert model.stage == "adapt"
+
+
+def _held_state(model):
+    """Sizes of every container a model (and its submodules) holds outside its tensors."""
+    sizes = {}
+    for name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if attr.startswith("_") and attr in ("_parameters", "_buffers", "_modules"):
+                continue
+            if isinstance(value, (list, dict, set, tuple)):
+                sizes[f"{name}.{attr}"] = len(value)
+    return sizes
+
+
+@pytest.mark.parametrize("metrics", [["NDCG", "Hit"], COST], ids=["no-cost", "cost"])
+def test_serving_after_an_evaluation_accumulates_nothing(planted, metrics):
+    dataset, config = planted
+    config.update(epochs=1, supernet_epochs=1, n_blocks=3, rt_len=4, mapper_rank=4,
+                  mapper_hidden=16, metrics=metrics)
+    trainer, model, test, _ = _train("ForwardOFA", dataset, config)
+    assert model._eval_masks is None  # the evaluation's recording ended with it
+    batch = next(iter(test))[0]
+    model.eval()
+    model.full_sort_predict(batch)
+    before = _held_state(model)
+    for _ in range(300):
+        scores = model.full_sort_predict(batch)
+    assert _held_state(model) == before
+    assert model._eval_masks is None and scores.shape == (len(batch), model.n_items)
+    with torch.no_grad():
+        trainer.evaluate(test, load_best_model=False)  # and again after a second evaluation
+    assert model._eval_masks is None
