@@ -90,11 +90,6 @@ def read_header(path, config):
             f"`name:type` fields separated by {separator!r} (types: {', '.join(FEATURE_TYPES)})"
         )
     head = head.rstrip("\n")
-    if head.endswith("\r"):
-        raise DatasetFileError(
-            f"{path} has Windows line endings (\\r\\n); RecBole reads its header as types ending "
-            f"in '\\r'. Convert the file to Unix line endings (\\n)."
-        )
     if head.startswith("\ufeff"):
         raise DatasetFileError(
             f"{path} starts with a byte-order mark; set `encoding: utf-8-sig` in the config "
