@@ -3,7 +3,7 @@
 import logging
 
 import pytest
-from conftest import write_atomic_files, write_planted_dataset
+from conftest import write_atomic_files
 from recbole.data import create_dataset
 
 from recbole_fofa import Config, run_recbole_fofa
