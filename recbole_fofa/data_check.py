@@ -424,27 +424,23 @@ def _complete_load_col(config, files, needs):
 
 def _check_loaded(config, files, needs):
     """A user-set load_col/unload_col that leaves out a needed column is a clear error."""
-    for (source, field), need in _missing_loads(config, files, needs).items():
-        key = "unload_col" if field in ((config["unload_col"] or {}).get(source) or ()) else None
-        if key:
+    missing = _missing_loads(config, files, needs)
+    for (source, field), need in missing.items():
+        if field in ((config["unload_col"] or {}).get(source) or ()):
             raise DatasetFileError(
                 f"config key `unload_col` drops `{field}` from {source}, but `{need.key}` needs "
                 f"it ({need.why}). Remove it from unload_col."
             )
+    if missing:
+        (source, field), need = next(iter(missing.items()))
         current = (config["load_col"] or {}).get(source)
-        wanted = [*(current or []), field]
+        wanted = [*(current or []), *(f for s, f in missing if s == source)]
         raise DatasetFileError(
             f"config key `load_col` does not load `{field}` from the `{source}` file "
             f"(load_col.{source} = {current}), but `{need.key}` needs it ({need.why}). Set "
             f"`load_col: {{{source}: {wanted}}}` (keeping your other sources), or `load_col: ~` "
             f"to load every column."
         )
-    for source in ("kg", "link"):
-        if any(a.source == source for a in files) and not _read_by_recbole(config, source):
-            raise DatasetFileError(
-                f"config key `load_col` has no `{source}` entry, but {config['model']} needs the "
-                f"{source} file; add `{source}: [...]` to load_col (or set `load_col: ~`)."
-            )
 
 
 # ----------------------------------------------------------------------------- split

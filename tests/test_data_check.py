@@ -139,6 +139,20 @@ def test_kg_file_without_relation_column(tmp_path):
         config_for(tmp_path, model="KGAT")
 
 
+def test_knowledge_model_files_and_load_col(tmp_path):
+    kg = (["head_id:token", "relation_id:token", "tail_id:token"], [("e1", "r1", "e2")])
+    link = (["item_id:token", "entity_id:token"], [("i1", "e1"), ("i2", "e2")])
+    write_atomic_files(tmp_path, "mine", {"inter": (INTER, rows(5, 4)), "kg": kg, "link": link})
+    config = config_for(tmp_path, model="KGAT")
+    assert config["load_col"] == expected_load_col(config)
+    with pytest.raises(DatasetFileError) as error:
+        config_for(tmp_path, model="KGAT", load_col={"inter": ["user_id", "item_id"]})
+    assert "`load_col` does not load `head_id` from the `kg` file (load_col.kg = None)" in str(
+        error.value
+    )
+    assert "{kg: ['head_id', 'relation_id', 'tail_id']}" in str(error.value)
+
+
 def test_missing_benchmark_part(tmp_path):
     write_atomic_files(tmp_path, "mine", {"inter": (INTER, rows(3, 4))})
     write_atomic_files(tmp_path, "mine", {"train.inter": (INTER, rows(3, 4))})
