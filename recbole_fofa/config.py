@@ -8,6 +8,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_fofa import compat
+from recbole_fofa.data_check import check_atomic_files
 from recbole_fofa.utils import get_model
 
 _RECBOLE_EXAMPLES = Path(recbole.__file__).resolve().parent / "dataset_example"
@@ -84,6 +85,7 @@ class Config(RecBoleConfig):
         user_data_path = final.get("data_path") or "dataset/"
         super()._set_default_parameters()
         final["data_path"] = resolve_data_path(self.dataset, user_data_path)
+        check_atomic_files(self)
 
 
 def _is_int(value):

@@ -16,6 +16,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_fofa import compat
 from recbole_fofa.config import Config
+from recbole_fofa.data_check import check_split
 from recbole_fofa.utils import get_model, get_trainer
 
 
@@ -40,6 +41,7 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None):
     logger.info(config)
     data = create_dataset(config)
     logger.info(data)
+    check_split(config, data)
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -146,6 +148,7 @@ def load_data_and_model(model_file):
     init_seed(config["seed"], config["reproducibility"])
     _fresh_logger(config)
     data = create_dataset(config)
+    check_split(config, data)
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])

@@ -68,3 +68,20 @@ def planted(tmp_path):
         "seed": 2020,
     }
     return "planted", config
+
+
+def write_atomic_files(root, name, files):
+    """Write ``root/name/name.<suffix>`` for each ``suffix: content`` and return the folder.
+
+    ``content`` is either the file's exact text (for malformed files) or ``(header, rows)``:
+    ``header`` a list of ``name:type`` strings, ``rows`` a list of value tuples (tab-separated).
+    """
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, content in files.items():
+        if not isinstance(content, str):
+            header, rows = content
+            lines = ["\t".join(header), *("\t".join(str(v) for v in row) for row in rows)]
+            content = "\n".join(lines) + "\n"
+        (folder / f"{name}.{suffix}").write_text(content)
+    return folder
