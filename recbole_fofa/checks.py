@@ -54,15 +54,19 @@ def check_value(key, value, check, allowed):
 
 @dataclass(frozen=True)
 class Rule:
-    """One key's check: ``check(value) -> bool``, the ``allowed`` values in words, and
-    representative ``bad`` values (documentation, and what the tests feed it)."""
+    """One key's check: ``check(value) -> bool``, the ``allowed`` values in words (or a function
+    returning them, for lists that grow at run time), and representative ``bad`` values
+    (documentation, and what the tests feed it)."""
 
     check: Callable[[Any], bool]
-    allowed: str
+    allowed: Any
     bad: Tuple[Any, ...] = ()
 
+    def describe(self):
+        return self.allowed() if callable(self.allowed) else self.allowed
+
     def __call__(self, key, value):
-        return check_value(key, value, self.check, self.allowed)
+        return check_value(key, value, self.check, self.describe())
 
 
 def integer(low, high=None):
@@ -101,17 +105,20 @@ def choice(options, example_bad="nonsense"):
 
 def optional(rule):
     """``rule`` or null."""
-    return Rule(lambda v: v is None or rule.check(v), f"null or {rule.allowed}",
+    return Rule(lambda v: v is None or rule.check(v), f"null or {rule.describe()}",
                 tuple(b for b in rule.bad if b is not None))
 
 
-def string_or_list(item_check, what):
-    """A ``what`` or a non-empty list of them."""
+def _metric_names_rule():
     def check(value):
         values = value if isinstance(value, list) else [value]
-        return bool(values) and all(item_check(v) for v in values)
+        return bool(values) and all(_is_registered_metric(v) for v in values)
 
-    return Rule(check, f"a {what} or a non-empty list of them", ([], None, 3.5))
+    def allowed():
+        names = ", ".join(sorted(_registry().metrics_dict))
+        return f"a metric name or a non-empty list of them from RecBole's registry: {names}"
+
+    return Rule(check, allowed, ([], None, 3.5, ["NDCG", "NDCGX"]))
 
 
 # ----------------------------------------------------------------------------- RecBole's names
@@ -292,7 +299,7 @@ COMMON_CHECKS: Dict[str, Rule] = {
     "topk": Rule(lambda v: (is_int(v) and v > 0)
                  or (isinstance(v, list) and bool(v) and all(is_int(k) and k > 0 for k in v)),
                  "an integer >= 1 or a non-empty list of them", (0, [], [5, 0], "10", [2.5])),
-    "metrics": string_or_list(_is_registered_metric, "metric name from RecBole's registry"),
+    "metrics": _metric_names_rule(),  # case-insensitive, as RecBole's own lookup
     "valid_metric": Rule(lambda v: isinstance(v, str) and bool(v.strip()),
                          "a metric name, with @k for top-k metrics (e.g. NDCG@10)", (None, 10)),
 }
@@ -317,6 +324,7 @@ BACKBONE_CHECKS: Dict[str, Rule] = {
 # when the tensors are tiny. See docs/design-notes.md ("Config checks").
 MAX_BLOCKS = 256
 MAX_SUBNETS = 64
+MAX_BLOCK_PASSES = 1024  # block forward passes in one supernet step (full + sub-networks)
 
 MODEL_CHECKS: Dict[str, Dict[str, Rule]] = {
     "ForwardOFA": {
@@ -430,6 +438,16 @@ def _cross_checks(name, values):
             f"config key `n_layers` = 0 is invalid for {name}: expected an integer >= 1 (its "
             "encoder reads the output of its last layer)"
         )
+    if name == "ForwardOFA" and {"n_blocks", "supernet_subnets"} <= reads and values.get(
+            "supernet_epochs"):
+        passes = supernet_block_passes(values["n_blocks"], values["supernet_subnets"])
+        if passes > MAX_BLOCK_PASSES:
+            raise ValueError(
+                f"config key `supernet_subnets` = {values['supernet_subnets']!r} with `n_blocks` "
+                f"= {values['n_blocks']!r} runs up to {passes:,} block passes per supernet step "
+                f"(at most {MAX_BLOCK_PASSES}: each costs milliseconds of interpreter overhead "
+                "before any arithmetic); lower either, or set `supernet_epochs: 0`"
+            )
     metrics = values.get("metrics")
     if metrics is not None:
         metrics = [metrics] if isinstance(metrics, str) else metrics
@@ -452,6 +470,12 @@ def _cross_checks(name, values):
                 f"sub-network: one block costs {block:,} MACs (a fraction >= "
                 f"{1 / values['n_blocks']:.4f}, or \"{block} MACs\")"
             )
+
+
+def supernet_block_passes(n_blocks, subnets):
+    """Worst-case block passes of one supernet step: the full network, the one-block
+    sub-network, then ``subnets - 1`` random ones that may keep every block."""
+    return n_blocks + (1 + (subnets - 1) * n_blocks if subnets >= 1 else 0)
 
 
 def _divisors(n):
@@ -598,7 +622,7 @@ def estimate_memory(config, model=None):
         if mode != "none":
             params += n_blocks * 2 * rank * (hidden + inner)  # static low-rank factors
         controller = (8 if gru else 2) * FLOAT_BYTES * batch * rt_len * hidden
-        passes = n_blocks + (1 + (subnets - 1) * n_blocks if subnets >= 1 else 0)
+        passes = supernet_block_passes(n_blocks, subnets)
         step = {
             "adapt": n_blocks * (block + ADAPT_EXTRA * batch * length * hidden) + embed
             + controller + 2 * FLOAT_BYTES * batch * n_blocks * out
