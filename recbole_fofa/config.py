@@ -8,6 +8,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_fofa import compat
+from recbole_fofa.checks import check_config, check_keys, check_value  # noqa: F401 (re-export)
 from recbole_fofa.data_check import check_atomic_files
 from recbole_fofa.utils import get_model
 
@@ -45,15 +46,21 @@ class Config(RecBoleConfig):
     ``properties/model/<model>.yaml`` over RecBole's own defaults (user files, dicts and command
     line still win; no dataset presets, so RecBole's models see RecBole's dataset settings);
     (3) disables training negative sampling for CE-loss sequential models unless the user
-    configured it (RecBole refuses the combination);
-    (4) checks that the dataset's atomic files exist before RecBole would try to download them.
+    configured it (RecBole refuses the combination); (4) checks the dataset's atomic files
+    (:mod:`recbole_fofa.data_check`) before RecBole would parse them or try to download them;
+    (5) checks every config value the model reads (:mod:`recbole_fofa.checks`) before any data
+    loads: once on the merged input, before RecBole's defaults would trip over a malformed one,
+    and once on the final values (metrics consistency and the memory estimate).
     """
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
         super().__init__(model, dataset, config_file_list, config_dict)
-        for key, (check, allowed) in CORE_KEY_CHECKS.items():
-            if self.final_config_dict.get(key) is not None:
-                check_value(key, self.final_config_dict[key], check, allowed)
+        check_config(self, self.model_class)
+
+    def _get_final_config_dict(self):
+        final = super()._get_final_config_dict()
+        check_keys(final, self.model_class)
+        return final
 
     def compatibility_settings(self):
         compat.install_numpy_aliases()
@@ -86,60 +93,6 @@ class Config(RecBoleConfig):
         super()._set_default_parameters()
         final["data_path"] = resolve_data_path(self.dataset, user_data_path)
         check_atomic_files(self)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def positive_int(value):
-    return _is_int(value) and value > 0
-
-
-def non_negative_int(value):
-    return _is_int(value) and value >= 0
-
-
-def positive_number(value):
-    return _is_number(value) and value > 0
-
-
-def non_negative_number(value):
-    return _is_number(value) and value >= 0
-
-
-def probability(value):
-    return _is_number(value) and 0 <= value < 1
-
-
-# Keys whose malformed values RecBole would only trip over deep inside training.
-CORE_KEY_CHECKS = {
-    "epochs": (non_negative_int, "an integer >= 0"),
-    "train_batch_size": (positive_int, "an integer >= 1"),
-    "eval_batch_size": (positive_int, "an integer >= 1"),
-    "learning_rate": (positive_number, "a number > 0"),
-    "stopping_step": (positive_int, "an integer >= 1"),
-    "eval_step": (non_negative_int, "an integer >= 0"),
-    "MAX_ITEM_LIST_LENGTH": (positive_int, "an integer >= 1"),
-    "seed": (_is_int, "an integer"),
-    "hidden_size": (positive_int, "an integer >= 1"),
-    "inner_size": (positive_int, "an integer >= 1"),
-    "n_layers": (positive_int, "an integer >= 1"),
-    "n_heads": (positive_int, "an integer >= 1"),
-    "hidden_dropout_prob": (probability, "a number in [0, 1)"),
-    "attn_dropout_prob": (probability, "a number in [0, 1)"),
-}
-
-
-def check_value(key, value, check, allowed):
-    """Raise ValueError naming ``key``, its ``value`` and what is ``allowed`` if check fails."""
-    if not check(value):
-        raise ValueError(f"config key `{key}` = {value!r} is invalid: expected {allowed}")
-    return value
 
 
 def resolve_data_path(dataset, data_path):

@@ -21,14 +21,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-from recbole_fofa import cost
-from recbole_fofa.config import (
-    check_value,
-    non_negative_int,
-    non_negative_number,
-    positive_int,
-    positive_number,
-)
+from recbole_fofa import checks, cost
 from recbole_fofa.model.layers import (
     AdaptiveTransformerBlock,
     StructuralMapper,
@@ -126,36 +119,18 @@ class ForwardOFA(SequentialRecommender):
     # ------------------------------------------------------------------ configuration
     @staticmethod
     def _check_config(config):
-        """ValueError naming the key, the value and what is allowed, for every plugin key."""
-        choices = {"extractor": cost.EXTRACTORS, "mapper_mode": cost.MAPPER_MODES}
-        for key, allowed in choices.items():
-            check_value(key, config[key], allowed.__contains__, f"one of {allowed}")
-        checks = {
-            "n_blocks": (positive_int, "an integer >= 1"),
-            "rt_len": (positive_int, "an integer >= 1"),
-            "mapper_rank": (positive_int, "an integer >= 1"),
-            "mapper_hidden": (positive_int, "an integer >= 1"),
-            "supernet_epochs": (non_negative_int, "an integer >= 0"),
-            "supernet_subnets": (non_negative_int, "an integer >= 0"),
-            "tau_anneal_epochs": (non_negative_int, "an integer >= 0"),
-            "sparsity_weight": (non_negative_number, "a number >= 0"),
-            "distill_weight": (non_negative_number, "a number >= 0"),
-            "backbone_lr_scale": (non_negative_number, "a number >= 0"),
-            "tau_start": (positive_number, "a number > 0"),
-            "tau_end": (positive_number, "a number > 0"),
-            "keep_threshold": (lambda v: positive_number(v) and v < 1, "a number in (0, 1)"),
-            "n_candidates": (lambda v: v is None or positive_int(v), "null or an integer >= 1"),
-        }
-        for key, (check, allowed) in checks.items():
-            check_value(key, config[key], check, allowed)
+        """ValueError naming the key, the value and what is allowed, for every ForwardOFA key.
+
+        The plugin's Config already ran these checks before the dataset loaded; they run again
+        here for a model built from RecBole's own Config.
+        """
+        checks.check_keys(config, "ForwardOFA")
 
     def _budget_macs(self, budget, block_macs):
-        """``device_budget`` in MACs: a fraction (<= 1) of the full encoder, or absolute MACs."""
+        """``device_budget`` in MACs (None for no budget): see :func:`checks.parse_budget`."""
         if budget is None:
             return None
-        allowed = "null, a fraction in (0, 1] or MACs > 0"
-        check_value("device_budget", budget, positive_number, allowed)
-        macs = budget * block_macs * self.n_blocks if budget <= 1 else float(budget)
+        macs = checks.parse_budget("device_budget", budget).to_macs(block_macs * self.n_blocks)
         if macs < block_macs:
             raise ValueError(
                 f"config key `device_budget` = {budget!r} is below the cheapest sub-network: one "
