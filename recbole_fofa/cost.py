@@ -31,18 +31,18 @@ sub-networks at once.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 __all__ = [
     "CostBreakdown",
+    "ANALYTIC",
     "CostNotMeasurableError",
     "ModelCost",
+    "SOURCES",
     "EXTRACTORS",
     "MAPPER_MODES",
     "block_macs",
@@ -59,8 +59,6 @@ __all__ = [
     "macs_to_flops",
     "mapper_macs",
     "mapper_params",
-    "measure_macs",
-    "model_cost",
     "sasrec_cost",
     "scoring_macs",
 ]
@@ -395,14 +393,26 @@ def forward_ofa_cost(masks, *, seq_len, hidden_size, inner_size, n_heads, n_bloc
 # ----------------------------------------------------------------------------- baselines
 
 
+SOURCE_ANALYTIC = "analytic"
+SOURCE_MEASURED = "measured"
+SOURCE_ELEMENTWISE = "measured: element-wise only (0 matrix-product MACs)"
+SOURCE_LOWER_BOUND = "lower bound"
+SOURCES = (SOURCE_ANALYTIC, SOURCE_MEASURED, SOURCE_ELEMENTWISE, SOURCE_LOWER_BOUND)
+
+
 @dataclass
 class ModelCost:
-    """Cost of one user's inference with a RecBole model.
+    """Cost of one user's inference with a RecBole model, and where the numbers come from.
 
-    ``macs``: the encoder for one user (one full-length sequence; scoring excluded). ``params``:
-    what the device holds besides the item tables; ``excluded_params``: the item-indexed
-    scalars left out (item embedding, per-item output bias). ``uncounted_ops``: compute ops the
-    measurement saw but ``FlopCounterMode`` has no formula for (the count is then a lower bound).
+    ``macs``: matrix-product MACs of what ``covers`` says (e.g. the encoder of one full-length
+    sequence, or one ``predict()`` call on one interaction). ``source``: one of :data:`SOURCES`:
+    ``analytic`` (a formula tested against ``FlopCounterMode``), ``measured`` (counted by
+    ``FlopCounterMode``), ``measured: element-wise only ...`` (the model multiplies no matrices:
+    0 is the true matrix-product count, its element-wise work is not counted) or ``lower bound``
+    (ops without a FLOP formula ran, listed in ``uncounted_ops``). ``params``: what one device
+    holds besides the item tables (its own user's embedding row, not the whole user table);
+    ``candidate_params``: the item-indexed scalars a device caches to score candidates;
+    ``excluded_params``: everything left out of ``params`` (item tables, other users' rows).
     """
 
     model: str
@@ -410,8 +420,14 @@ class ModelCost:
     params: int
     blocks: int
     source: str
+    covers: str = ""
+    candidate_params: int = 0
     excluded_params: int = 0
     uncounted_ops: Tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
     @property
     def flops(self) -> int:
@@ -422,9 +438,13 @@ class ModelCost:
         """A plain dict (for JSON and tables)."""
         return {
             "model": self.model, "macs": self.macs, "params": self.params, "blocks": self.blocks,
-            "source": self.source, "excluded_params": self.excluded_params,
+            "source": self.source, "covers": self.covers,
+            "candidate_params": self.candidate_params, "excluded_params": self.excluded_params,
             "uncounted_ops": list(self.uncounted_ops),
         }
+
+
+_ENCODER = "encoder of one full-length sequence (scoring excluded)"
 
 
 def sasrec_cost(model) -> ModelCost:
@@ -434,8 +454,9 @@ def sasrec_cost(model) -> ModelCost:
     n = model.n_layers
     per = block_macs(L, d, f, model.n_heads)
     params = device_params_fixed(L, d) + n * block_params(d, f)
-    return ModelCost("SASRec", n * per, params, n, "analytic",
-                     excluded_params=int(model.n_items) * d)
+    items = int(model.n_items) * d
+    return ModelCost("SASRec", n * per, params, n, SOURCE_ANALYTIC, _ENCODER,
+                     candidate_params=items, excluded_params=items)
 
 
 def bert4rec_cost(model) -> ModelCost:
@@ -452,7 +473,8 @@ def bert4rec_cost(model) -> ModelCost:
     macs = n * block_macs(L, d, f, model.n_heads) + L * d * d
     params = device_params_fixed(L, d) + n * block_params(d, f) + (d * d + d) + 2 * d
     excluded = (int(model.n_items) + 1) * d + int(model.n_items)
-    return ModelCost("BERT4Rec", macs, params, n, "analytic", excluded_params=excluded)
+    return ModelCost("BERT4Rec", macs, params, n, SOURCE_ANALYTIC, _ENCODER,
+                     candidate_params=int(model.n_items) * (d + 1), excluded_params=excluded)
 
 
 def gru4rec_cost(model) -> ModelCost:
@@ -466,119 +488,9 @@ def gru4rec_cost(model) -> ModelCost:
     macs = L * 3 * h * (e + h) + (layers - 1) * L * 3 * h * (h + h) + L * h * e
     params = 3 * h * (e + h) + (layers - 1) * 3 * h * (h + h) + (6 * h * layers if bias else 0)
     params += h * e + e
-    return ModelCost("GRU4Rec", macs, params, layers, "analytic",
-                     excluded_params=int(model.n_items) * e)
+    items = int(model.n_items) * e  # it scores with the item embedding (embedding_size wide)
+    return ModelCost("GRU4Rec", macs, params, layers, SOURCE_ANALYTIC, _ENCODER,
+                     candidate_params=items, excluded_params=items)
 
 
-_ANALYTIC = {"SASRec": sasrec_cost, "BERT4Rec": bert4rec_cost, "GRU4Rec": gru4rec_cost}
-
-# Substrings of aten op names that do matmul-like work; seen without a FlopCounterMode formula,
-# they make a measured count a lower bound (e.g. FFTs, fused RNN kernels, matrix-vector ops).
-_HEAVY_OP_HINTS = ("fft", "rnn", "lstm", "gru", "conv", "mm", "matmul", "linear", "attention",
-                   "einsum", "dot", "mv")
-
-
-def _measure(fn: Callable, *args, **kwargs) -> Tuple[int, Tuple[str, ...]]:
-    """(MACs counted by FlopCounterMode, heavy ops it saw but could not count)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode, flop_registry
-
-    class _OpRecorder(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.add(func.overloadpacket)
-            return func(*args, **(kwargs or {}))
-
-    counter = FlopCounterMode(display=False)
-    recorder = _OpRecorder()
-    with torch.no_grad(), counter, recorder:
-        fn(*args, **kwargs)
-    uncounted = sorted(
-        str(op) for op in recorder.ops
-        if op not in flop_registry and any(s in str(op).split(".")[-1] for s in _HEAVY_OP_HINTS)
-    )
-    return int(counter.get_total_flops()) // 2, tuple(uncounted)
-
-
-def measure_macs(fn: Callable, *args, **kwargs) -> int:
-    """MACs of ``fn(*args, **kwargs)`` as counted by ``FlopCounterMode`` (its FLOPs // 2), under
-    ``torch.no_grad()``. Counts mm/addmm/bmm/baddbmm/convolution/SDPA; on CPU ``nn.GRU``
-    decomposes into counted mm ops, but e.g. ``nn.LSTM`` (mkldnn kernel) and FFTs count 0."""
-    return _measure(fn, *args, **kwargs)[0]
-
-
-def _one_user_interaction(model):
-    from recbole.data.interaction import Interaction
-
-    L, n_items = int(model.max_seq_length), int(model.n_items)
-    if n_items < 2:
-        raise ValueError(f"need at least one real item, n_items={n_items}")
-    data = {
-        model.ITEM_SEQ: (torch.arange(L) % (n_items - 1) + 1).unsqueeze(0),
-        model.ITEM_SEQ_LEN: torch.tensor([L]),
-        model.POS_ITEM_ID: torch.tensor([1]),
-    }
-    if getattr(model, "USER_ID", None):
-        data[model.USER_ID] = torch.tensor([1])
-    return Interaction(data)
-
-
-def _measured_params(model) -> Tuple[int, int]:
-    """(params without item tables, item-table params): item tables are ``nn.Embedding``s with
-    ``num_embeddings == model.n_items``."""
-    n_items = int(model.n_items)
-    item_tables = [m for m in model.modules()
-                   if isinstance(m, nn.Embedding) and m.num_embeddings == n_items]
-    excluded = {id(p) for t in item_tables for p in t.parameters()}
-    total = excluded_n = 0
-    for p in model.parameters():  # parameters() de-duplicates shared (tied) tensors
-        if id(p) in excluded:
-            excluded_n += p.numel()
-        else:
-            total += p.numel()
-    return total, excluded_n
-
-
-def _count_blocks(model) -> int:
-    """Stacked blocks of a measured model: ``n_layers`` / ``num_layers``, NextItNet's residual
-    blocks; 0 for models without stacked blocks (e.g. STAMP, Caser)."""
-    for attr in ("n_layers", "num_layers"):
-        if isinstance(getattr(model, attr, None), int):
-            return int(getattr(model, attr))
-    blocks = getattr(model, "residual_blocks", None)
-    if isinstance(blocks, nn.Sequential):
-        return len(blocks)
-    return 0
-
-
-def model_cost(model) -> ModelCost:
-    """Cost of any RecBole sequential model instance for one user: analytic for SASRec,
-    BERT4Rec and GRU4Rec (exact class names), otherwise measured with ``FlopCounterMode`` on
-    ``model.predict`` of one full-length user and one candidate (on a CPU copy, in eval mode).
-    Raises :class:`CostNotMeasurableError` if the run fails or counts 0 MACs."""
-    name = type(model).__name__
-    if name in _ANALYTIC:
-        return _ANALYTIC[name](model)
-    target = model
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        target = copy.deepcopy(model).cpu()  # CPU kernels decompose into countable ops
-    was_training = target.training
-    try:
-        target.eval()
-        inter = _one_user_interaction(target)
-        macs, uncounted = _measure(target.predict, inter)
-    except Exception as exc:  # any failure means "not measurable"
-        raise CostNotMeasurableError(name, f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        target.train(was_training)
-    if macs <= 0:
-        raise CostNotMeasurableError(name, "FlopCounterMode counted 0 MACs in predict()"
-                                     + (f" (uncounted ops: {', '.join(uncounted)})"
-                                        if uncounted else ""))
-    params, excluded = _measured_params(model)
-    blocks = _count_blocks(model)
-    return ModelCost(name, macs, params, blocks, "measured", excluded_params=excluded,
-                     uncounted_ops=uncounted)
+ANALYTIC = {"SASRec": sasrec_cost, "BERT4Rec": bert4rec_cost, "GRU4Rec": gru4rec_cost}

@@ -10,6 +10,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from recbole_fofa import cost
+from recbole_fofa.evaluator import measure
+
+ROWS = {}  # id(model) -> one real interaction row of its training data
 
 
 def flop_macs(fn, *args):
@@ -75,10 +78,17 @@ def build_model(tiny_root):
         config = Config(model=name, dataset="tiny", config_dict=config_dict)
         dataset = create_dataset(config)
         train_data, _, _ = data_preparation(config, dataset)
-        return get_model(name)(config, train_data._dataset).eval()
+        model = get_model(name)(config, train_data._dataset).eval()
+        ROWS[id(model)] = measure.one_row_interaction(train_data)
+        return model
 
     yield build
     mp.undo()
+
+
+def row(model):
+    """The real one-row interaction the trainer would measure ``model`` on."""
+    return ROWS[id(model)]
 
 
 def full_sequence(model):
@@ -370,11 +380,11 @@ def test_sasrec_cost_is_exact(build_model):
     item_seq, item_seq_len = full_sequence(model)
     c = cost.sasrec_cost(model)
     assert c.source == "analytic" and c.blocks == 1
-    assert c.macs == cost.measure_macs(model.forward, item_seq, item_seq_len) > 0
+    assert c.macs == measure.measure_macs(model.forward, item_seq, item_seq_len) > 0
     assert c.macs == cost.block_macs(10, 16, 32, 2)
     assert c.params == n_params(model) - model.item_embedding.weight.numel()
     assert c.params + c.excluded_params == n_params(model)
-    assert cost.model_cost(model) == c
+    assert measure.model_cost(model) == c
 
 
 def test_bert4rec_cost_is_exact(build_model):
@@ -385,27 +395,27 @@ def test_bert4rec_cost_is_exact(build_model):
     rebuilt = model.reconstruct_test_data(item_seq.clone(), item_seq_len)
     assert rebuilt.shape == (1, model.max_seq_length)
     assert rebuilt[0, -1] == model.mask_token
-    assert c.macs == cost.measure_macs(model.forward, rebuilt)
+    assert c.macs == measure.measure_macs(model.forward, rebuilt)
     L, d = 10, 16
     assert c.macs == 2 * cost.block_macs(L, d, 32, 2) + L * d * d  # blocks + output_ffn
     assert c.macs != 2 * cost.block_macs(L + 1, d, 32, 2) + (L + 1) * d * d
-    inter = cost._one_user_interaction(model)
-    assert cost.measure_macs(model.predict, inter) == c.macs  # 1 candidate: no matmul
+    inter = row(model)
+    assert measure.measure_macs(model.predict, inter) == c.macs  # 1 candidate: no matmul
     excluded = model.item_embedding.weight.numel() + model.output_bias.numel()
     assert c.params == n_params(model) - excluded
     assert c.params + c.excluded_params == n_params(model)
     assert c.blocks == 2 and c.source == "analytic"
-    assert cost.model_cost(model) == c
+    assert measure.model_cost(model) == c
 
 
 def test_gru4rec_analytic_equals_measured(build_model):
     model = build_model("GRU4Rec", hidden_size=24, num_layers=2)
     item_seq, item_seq_len = full_sequence(model)
-    c = cost.model_cost(model)
+    c = measure.model_cost(model)
     assert c == cost.gru4rec_cost(model)
     assert c.source == "analytic" and c.blocks == 2
-    assert c.macs == cost.measure_macs(model.forward, item_seq, item_seq_len)
-    assert c.macs == cost.measure_macs(model.predict, cost._one_user_interaction(model))
+    assert c.macs == measure.measure_macs(model.forward, item_seq, item_seq_len)
+    assert c.macs == measure.measure_macs(model.predict, row(model))
     assert c.params == n_params(model) - model.item_embedding.weight.numel()
 
 
@@ -413,53 +423,86 @@ def test_gru4rec_analytic_equals_measured(build_model):
 def test_model_cost_measures_other_models(build_model, name):
     model = build_model(name)
     model.train()
-    c = cost.model_cost(model)
-    assert model.training  # mode restored
-    assert c.source == "measured" and c.model == name
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    c = measure.model_cost(model, row(model))
+    assert model.training  # measured on a copy: mode and weights untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert c.source == "measured" and c.model == name and "predict()" in c.covers
     assert 0 < c.macs < 10**9
     item_tables = sum(m.weight.numel() for m in model.modules()
                       if isinstance(m, nn.Embedding) and m.num_embeddings == model.n_items)
-    assert c.excluded_params == item_tables > 0
-    assert c.params == n_params(model) - item_tables
+    users = [m for m in model.modules()
+             if isinstance(m, nn.Embedding) and m.num_embeddings == getattr(model, "n_users", -1)]
+    other_users = sum(m.weight.numel() - m.embedding_dim for m in users)  # the device keeps 1 row
+    assert (name == "Caser") == bool(users)  # Caser is the one with a user embedding
+    assert c.candidate_params == item_tables > 0
+    assert c.excluded_params == item_tables + other_users
+    assert c.params == n_params(model) - item_tables - other_users
     assert c.uncounted_ops == ()
 
 
 def test_uncounted_ops_are_reported():
     x = torch.randn(1, 8, 4)
-    macs, uncounted = cost._measure(lambda: torch.fft.irfft(torch.fft.rfft(x, dim=1), dim=1))
+    macs, uncounted = measure._measure(lambda: torch.fft.irfft(torch.fft.rfft(x, dim=1), dim=1))
     assert macs == 0
     assert any("fft" in op for op in uncounted)
 
 
 class _Fake(nn.Module):
-    """Minimal object with the attributes model_cost reads from a SequentialRecommender."""
+    """A model whose predict multiplies no matrices (or fails), and optionally ranks all items."""
 
-    ITEM_SEQ, ITEM_SEQ_LEN, POS_ITEM_ID, USER_ID = "item_id_list", "item_length", "item_id", "uid"
-    max_seq_length, n_items = 5, 10
+    ITEM_SEQ, ITEM_ID = "item_id_list", "item_id"
+    n_items = 10
 
-    def __init__(self, fail=False):
+    def __init__(self, fail=False, full_sort=False):
         super().__init__()
         self.item_embedding = nn.Embedding(self.n_items, 4)
-        self.fail = fail
+        self.fail, self.full_sort = fail, full_sort
 
     def predict(self, interaction):
         if self.fail:
             raise RuntimeError("boom")
         emb = self.item_embedding(interaction[self.ITEM_SEQ]).sum(dim=1)
-        return (emb * self.item_embedding(interaction[self.POS_ITEM_ID])).sum(-1)
+        return (emb * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        if not self.full_sort:
+            raise AssertionError("full ranking disabled")
+        emb = self.item_embedding(interaction[self.ITEM_SEQ]).sum(dim=1)
+        return emb @ self.item_embedding.weight.T
 
 
-def test_model_cost_never_returns_a_silent_zero():
-    with pytest.raises(cost.CostNotMeasurableError, match="_Fake.*0 MACs") as err:
-        cost.model_cost(_Fake())
+def _fake_row():
+    from recbole.data.interaction import Interaction
+
+    return Interaction({"item_id_list": torch.tensor([[1, 2, 3]]), "item_id": torch.tensor([4])})
+
+
+def test_element_wise_models_report_zero_with_their_source():
+    c = measure.model_cost(_Fake(), _fake_row())
+    assert c.macs == 0 and c.source == cost.SOURCE_ELEMENTWISE
+    assert "element-wise" in c.source and c.covers == "predict() on one interaction"
+    assert c.candidate_params == 40 and c.params == 0
+
+
+def test_full_ranking_models_are_measured_on_full_sort_predict():
+    c = measure.model_cost(_Fake(fail=True, full_sort=True), _fake_row())
+    assert c.macs == 10 * 4 and c.source == "measured"  # one user x 10 items x width 4
+    assert "full_sort_predict" in c.covers and "every item" in c.covers
+
+
+def test_unmeasurable_models_raise_naming_the_reasons():
+    with pytest.raises(cost.CostNotMeasurableError, match="RuntimeError: boom") as err:
+        measure.model_cost(_Fake(fail=True), _fake_row())
     assert isinstance(err.value, ValueError) and err.value.model_name == "_Fake"
-    with pytest.raises(cost.CostNotMeasurableError, match="RuntimeError: boom"):
-        cost.model_cost(_Fake(fail=True))
+    assert "full ranking disabled" in err.value.reason
+    with pytest.raises(ValueError, match="pass `interaction`"):
+        measure.model_cost(_Fake())
 
 
 def test_fearec_fft_is_reported_as_uncounted(build_model):
     """FEARec mixes in the frequency domain; FlopCounterMode has no FFT formula (lower bound)."""
     model = build_model("FEARec", n_layers=2)  # FEARec divides by n_layers - 1
-    c = cost.model_cost(model)
-    assert c.source == "measured" and c.macs > 0
+    c = measure.model_cost(model, row(model))
+    assert c.source == cost.SOURCE_LOWER_BOUND and c.macs > 0
     assert any("fft" in op for op in c.uncounted_ops)
