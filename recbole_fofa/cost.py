@@ -1,4 +1,8 @@
-"""Analytic and measured compute / size costs of sequential recommenders and of Forward-OFA.
+"""Analytic compute / size costs of Forward-OFA and of RecBole's SASRec, BERT4Rec and GRU4Rec.
+
+Measuring any other RecBole model (general, context-aware, knowledge-aware, sequential) on one real
+interaction lives in :mod:`recbole_fofa.evaluator.measure`; this module stays import-light because
+the models import it. :class:`ModelCost` carries the source of every number.
 
 Units
 -----
