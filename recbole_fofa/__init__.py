@@ -7,6 +7,7 @@ exposes the plugin's Config, name resolution and quick start.
 from recbole_fofa import compat
 
 compat.install_numpy_aliases()
+compat.install_scipy_dok_update()
 compat.import_recbole_models()
 
 from recbole_fofa.config import Config, default_config_file  # noqa: E402

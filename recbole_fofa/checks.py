@@ -31,6 +31,7 @@ from recbole.model.layers import FeedForward
 from recbole.utils import ModelType
 
 from recbole_fofa import cost
+from recbole_fofa.evaluator.metrics import is_cost_metric
 
 # ----------------------------------------------------------------------------- predicates
 
@@ -451,7 +452,8 @@ def _cross_checks(name, values):
     metrics = values.get("metrics")
     if metrics is not None:
         metrics = [metrics] if isinstance(metrics, str) else metrics
-        types = {_registry().metric_types[m.lower()] for m in metrics}
+        # the cost metrics fit beside either kind (see Config._set_default_parameters)
+        types = {_registry().metric_types[m.lower()] for m in metrics if not is_cost_metric(m)}
         if len(types) > 1:
             raise ValueError(
                 f"config key `metrics` = {metrics!r} mixes ranking metrics with value metrics "

@@ -34,6 +34,12 @@ Handled by code, below:
   ``torch.autograd.set_detect_anomaly(True)`` at import (recbole/model/sequential_recommender/
   sine.py:25): every later training step records stack traces, about 2x slower.
   -> :func:`import_recbole_models`.
+* C8 scipy >= 1.13 removed the private ``dok_matrix._update`` (a raw ``dict.update`` of the
+  matrix's entries). recbole 1.2.1 builds every graph model's adjacency with it
+  (recbole/model/general_recommender/lightgcn.py:111, ngcf.py:110, gcmc.py:174, spectralcf.py:123,
+  ncl.py:131; knowledge_aware_recommender/kgin.py:356, mcclk.py:425), so LightGCN, NGCF, GCMC,
+  SpectralCF, NCL, KGIN and MCCLK raise AttributeError when built.
+  -> :func:`install_scipy_dok_update`, installed when ``recbole_fofa`` is imported.
 * C14 ``recbole.utils.get_model`` raises ``ModuleNotFoundError: lightgbm`` for an unknown name
   (recbole/utils/utils.py:64-78). -> handled where names are resolved, in :mod:`recbole_fofa.utils`.
 """
@@ -44,6 +50,7 @@ import os
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from recbole.evaluator.collector import Collector
 
@@ -56,6 +63,19 @@ def install_numpy_aliases():
     for name, value in _NUMPY_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, value)
+
+
+def _dok_update(self, data):
+    """Store ``data`` ({(row, col): value}) as entries of the matrix, unchecked, as scipy < 1.13
+    did: one C-level ``dict.update`` of the entry dict (recbole passes in-range int keys)."""
+    self._dict.update(data)
+
+
+def install_scipy_dok_update():
+    """Give ``scipy.sparse.dok_matrix`` back the ``_update`` method recbole's graph models call
+    (C8); a scipy that still has it is left alone."""
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = _dok_update
 
 
 def import_recbole_models():

@@ -10,6 +10,8 @@ from recbole.utils import ModelType
 from recbole_fofa import compat
 from recbole_fofa.checks import check_config, check_keys, check_value  # noqa: F401 (re-export)
 from recbole_fofa.data_check import check_atomic_files
+from recbole_fofa.evaluator.measure import can_cost
+from recbole_fofa.evaluator.metrics import DEFAULT_COST_METRICS, is_cost_metric
 from recbole_fofa.utils import get_model
 
 _RECBOLE_EXAMPLES = Path(recbole.__file__).resolve().parent / "dataset_example"
@@ -51,7 +53,16 @@ class Config(RecBoleConfig):
     (5) checks every config value the model reads (:mod:`recbole_fofa.checks`) before any data
     loads: once on the merged input, before RecBole's defaults would trip over a malformed one,
     and once on the final values (metrics consistency and the memory estimate).
+    (6) appends the cost metrics (MACs, Params, Blocks) to the model type's RecBole default
+    ``metrics`` when the user did not set ``metrics`` and the model class can be costed
+    (``cost_metrics_by_default`` records it), refuses explicitly requested cost metrics for a model
+    that cannot be costed, and lets cost metrics sit beside value metrics (AUC, LogLoss).
     """
+
+    #: True when the plugin, not the user, put the cost metrics into ``metrics``; the trainer then
+    #: drops them with a warning if the model's cost cannot be measured (an attribute, so it
+    #: survives the pickled Config in checkpoints).
+    cost_metrics_by_default = False
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
         super().__init__(model, dataset, config_file_list, config_dict)
@@ -90,9 +101,35 @@ class Config(RecBoleConfig):
         ):
             final["train_neg_sample_args"] = None
         user_data_path = final.get("data_path") or "dataset/"
-        super()._set_default_parameters()
+        metrics = self._default_cost_metrics()
+        others = [name for name in metrics if not is_cost_metric(name)]
+        # RecBole refuses to mix ranking and value metrics; cost metrics fit either kind.
+        final["metrics"] = others if others else metrics
+        try:
+            super()._set_default_parameters()
+        finally:
+            final["metrics"] = metrics
         final["data_path"] = resolve_data_path(self.dataset, user_data_path)
         check_atomic_files(self)
+
+    def _default_cost_metrics(self):
+        """``metrics`` as a list, with the cost metrics appended to RecBole's default when the
+        user set no ``metrics`` and the model can be costed; an error when the user asked for
+        cost metrics of a model that cannot be costed."""
+        final = self.final_config_dict
+        metrics = final.get("metrics")
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics or [])
+        costable, reason = can_cost(self.model_class)
+        if "metrics" not in self.external_config_dict:
+            self.cost_metrics_by_default = costable
+            return metrics + list(DEFAULT_COST_METRICS) if costable else metrics
+        requested = [name for name in metrics if is_cost_metric(name)]
+        if requested and not costable:
+            raise ValueError(
+                f"config key `metrics` asks for cost metrics {requested}, but the cost of model "
+                f"[{self.model}] cannot be measured: {reason}. Remove them from `metrics`."
+            )
+        return metrics
 
 
 def resolve_data_path(dataset, data_path):

@@ -1,4 +1,8 @@
-"""Analytic and measured compute / size costs of sequential recommenders and of Forward-OFA.
+"""Analytic compute / size costs of Forward-OFA and of RecBole's SASRec, BERT4Rec and GRU4Rec.
+
+Measuring any other RecBole model (general, context-aware, knowledge-aware, sequential) on one real
+interaction lives in :mod:`recbole_fofa.evaluator.measure`; this module stays import-light because
+the models import it. :class:`ModelCost` carries the source of every number.
 
 Units
 -----
@@ -31,18 +35,18 @@ sub-networks at once.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 __all__ = [
     "CostBreakdown",
+    "ANALYTIC",
     "CostNotMeasurableError",
     "ModelCost",
+    "SOURCES",
     "EXTRACTORS",
     "MAPPER_MODES",
     "block_macs",
@@ -59,8 +63,6 @@ __all__ = [
     "macs_to_flops",
     "mapper_macs",
     "mapper_params",
-    "measure_macs",
-    "model_cost",
     "sasrec_cost",
     "scoring_macs",
 ]
@@ -140,26 +142,38 @@ def macs_to_flops(macs):
 # ----------------------------------------------------------------------------- transformer block
 
 
-def block_macs(seq_len, hidden_size, inner_size, n_heads=1):
+def block_macs(seq_len, hidden_size, inner_size, n_heads=1, head_size=None):
     """MACs of one RecBole ``TransformerLayer`` on one sequence of length L.
 
-    Q, K, V and output projections ``4*L*d^2``, scores ``Q K^T`` and context ``P V``
-    ``2*L^2*d`` (the head split does not change it), feed-forward ``2*L*d*d_ff``. Broadcasts over
-    numpy arrays (per-block widths in compound spaces); a Python int for scalar inputs.
+    With attention width ``a`` (``d`` for a RecBole layer): Q, K, V projections ``3*L*d*a``,
+    scores ``Q K^T`` and context ``P V`` ``2*L^2*a``, output projection ``L*a*d``, feed-forward
+    ``2*L*d*d_ff``; for ``a = d`` that is ``4*L*d^2 + 2*L^2*d + 2*L*d*d_ff`` (the head split does
+    not change it). An elastic block that keeps ``n_heads`` heads of ``head_size`` each (first-k
+    slicing) has ``a = n_heads * head_size``. Broadcasts over numpy arrays (per-block widths and
+    heads); a Python int for scalar inputs.
     """
     L, d, f, h = _ints(seq_len, hidden_size, inner_size, n_heads)
-    if np.any(h <= 0) or np.any(d % h != 0):
-        raise ValueError(
-            f"hidden_size {hidden_size} must be a positive multiple of n_heads {n_heads}"
-        )
-    return _as_int(4 * L * d * d + 2 * L * L * d + 2 * L * d * f)
+    if head_size is None:
+        if np.any(h <= 0) or np.any(d % h != 0):
+            raise ValueError(
+                f"hidden_size {hidden_size} must be a positive multiple of n_heads {n_heads}"
+            )
+        a = d
+    else:
+        if np.any(h < 0):
+            raise ValueError(f"n_heads must be >= 0, got {n_heads}")
+        a = h * _ints(head_size)[0]
+    return _as_int(3 * L * d * a + 2 * L * L * a + L * a * d + 2 * L * d * f)
 
 
-def block_params(hidden_size, inner_size):
-    """Parameters of one RecBole ``TransformerLayer``: 4 attention Linears, 2 FFN Linears (with
-    biases) and 2 LayerNorms, ``4*(d^2+d) + 2*d*d_ff + d_ff + d + 4*d``. Broadcasts."""
+def block_params(hidden_size, inner_size, attn_width=None):
+    """Parameters of one RecBole ``TransformerLayer``: Q, K, V ``3*(d*a + a)``, output
+    projection ``a*d + d``, the two FFN Linears ``2*d*d_ff + d_ff + d`` and 2 LayerNorms ``4*d``,
+    with attention width ``a`` (default ``d``: ``4*(d^2+d) + 2*d*d_ff + d_ff + d + 4*d``).
+    Broadcasts."""
     d, f = _ints(hidden_size, inner_size)
-    return _as_int(4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d)
+    a = d if attn_width is None else _ints(attn_width)[0]
+    return _as_int(3 * (d * a + a) + (a * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d)
 
 
 def encoder_macs(masks, per_block_macs) -> np.ndarray:
@@ -340,40 +354,40 @@ class CostBreakdown:
         return rows
 
 
-def forward_ofa_cost(masks, *, seq_len, hidden_size, inner_size, n_heads, n_blocks, rt_len,
-                     extractor, rank, mapper_hidden, mapper_mode, n_candidates) -> CostBreakdown:
-    """Device and cloud costs of Forward-OFA for each block mask ([N, n_blocks]).
+def forward_ofa_cost(shape, masks, widths=None, heads=None) -> CostBreakdown:
+    """Device and cloud costs of Forward-OFA sub-networks of the supernet ``shape``.
 
-    ``inner_size`` / ``n_heads`` may be scalars, per-block arrays [n_blocks] or per-row arrays
-    [N, n_blocks] (compound spaces); the encoder and the mapper's merges follow each kept block's
-    width, while ``mapper_params`` sizes the static factors for the widest width of each block
-    (the supernet's). With scalar widths the mapper equals :func:`mapper_macs` /
-    :func:`mapper_params`.
+    ``shape`` is a :class:`recbole_fofa.subnet.SupernetShape`; ``masks`` [N, n_blocks] says which
+    blocks each row keeps; ``widths`` / ``heads`` (optional, [N, n_blocks] or [n_blocks]) give each
+    kept block's feed-forward width and head count (default: the supernet's). Heads are sliced
+    first-k, so a block with ``h`` heads has attention width ``h * shape.head_size``. The encoder
+    and the mapper's merges follow each kept block's width; ``mapper_params`` sizes the static
+    factors at the supernet's width.
     """
-    _check_extractor(extractor)
-    _check_mapper_mode(mapper_mode)
+    _check_extractor(shape.extractor)
+    _check_mapper_mode(shape.mapper_mode)
     m = _masks(masks)
     n_rows, n = m.shape
-    if n != int(n_blocks):
-        raise ValueError(f"masks have {n} blocks but n_blocks is {n_blocks}")
-    shape = (n_rows, n)
+    if n != int(shape.n_blocks):
+        raise ValueError(f"masks have {n} blocks but the supernet has {shape.n_blocks}")
+    rows = (n_rows, n)
     try:
-        f_rows = np.broadcast_to(_ints(inner_size)[0], shape)
-        heads = np.broadcast_to(_ints(n_heads)[0], shape)
+        f_rows = np.broadcast_to(_ints(shape.inner_size if widths is None else widths)[0], rows)
+        h_rows = np.broadcast_to(_ints(shape.n_heads if heads is None else heads)[0], rows)
     except ValueError as exc:
-        raise ValueError(f"inner_size / n_heads must be scalars, [{n}] or [{n_rows}, {n}]: "
-                         f"{exc}") from exc
-    per_block = np.broadcast_to(block_macs(seq_len, hidden_size, f_rows, heads), shape)
-    per_block_p = np.broadcast_to(block_params(hidden_size, f_rows), shape)
+        raise ValueError(f"widths / heads must be [{n}] or [{n_rows}, {n}]: {exc}") from exc
+    L, d = shape.seq_len, shape.hidden_size
+    per_block = block_macs(L, d, f_rows, h_rows, head_size=shape.head_size)
+    per_block_p = block_params(d, f_rows, h_rows * shape.head_size)
     kept = m.sum(axis=1)
 
-    d, r, h = _ints(hidden_size, rank, mapper_hidden)
+    d, r, h = _ints(d, shape.mapper_rank, shape.mapper_hidden)
     out = _head_out(d, r)
     merge = encoder_macs(m, _merge_macs(d, f_rows, r))
-    factors = int(np.sum(2 * r * (d + f_rows.max(axis=0)))) if n_rows else 0
-    if mapper_mode == "none":
+    factors = int(n * 2 * r * (d + int(shape.inner_size)))
+    if shape.mapper_mode == "none":
         mapper, mapper_p = np.zeros_like(kept), 0
-    elif mapper_mode == "parallel":
+    elif shape.mapper_mode == "parallel":
         mapper = kept * ((d + n) * h + h * out) + merge
         mapper_p = n * ((d + n) * h + h + h * out + out) + factors
     else:  # shared
@@ -381,12 +395,12 @@ def forward_ofa_cost(masks, *, seq_len, hidden_size, inner_size, n_heads, n_bloc
         mapper_p = (d + n) * h + h + h * n * out + n * out + factors
     return CostBreakdown(
         encoder_macs=encoder_macs(m, per_block),
-        encoder_params=device_params_fixed(seq_len, hidden_size) + encoder_params(m, per_block_p),
+        encoder_params=device_params_fixed(L, d) + encoder_params(m, per_block_p),
         kept_blocks=kept,
-        scoring_macs=scoring_macs(n_candidates, hidden_size),
-        candidate_params=candidate_params(n_candidates, hidden_size),
-        controller_macs=controller_macs(hidden_size, n_blocks, rt_len, extractor),
-        controller_params=controller_params(hidden_size, n_blocks, extractor),
+        scoring_macs=scoring_macs(shape.n_candidates, d),
+        candidate_params=candidate_params(shape.n_candidates, d),
+        controller_macs=controller_macs(d, n, shape.rt_len, shape.extractor),
+        controller_params=controller_params(d, n, shape.extractor),
         mapper_macs=np.asarray(mapper, dtype=np.int64),
         mapper_params=int(mapper_p),
     )
@@ -395,14 +409,26 @@ def forward_ofa_cost(masks, *, seq_len, hidden_size, inner_size, n_heads, n_bloc
 # ----------------------------------------------------------------------------- baselines
 
 
+SOURCE_ANALYTIC = "analytic"
+SOURCE_MEASURED = "measured"
+SOURCE_ELEMENTWISE = "measured: element-wise only (0 matrix-product MACs)"
+SOURCE_LOWER_BOUND = "lower bound"
+SOURCES = (SOURCE_ANALYTIC, SOURCE_MEASURED, SOURCE_ELEMENTWISE, SOURCE_LOWER_BOUND)
+
+
 @dataclass
 class ModelCost:
-    """Cost of one user's inference with a RecBole model.
+    """Cost of one user's inference with a RecBole model, and where the numbers come from.
 
-    ``macs``: the encoder for one user (one full-length sequence; scoring excluded). ``params``:
-    what the device holds besides the item tables; ``excluded_params``: the item-indexed
-    scalars left out (item embedding, per-item output bias). ``uncounted_ops``: compute ops the
-    measurement saw but ``FlopCounterMode`` has no formula for (the count is then a lower bound).
+    ``macs``: matrix-product MACs of what ``covers`` says (e.g. the encoder of one full-length
+    sequence, or one ``predict()`` call on one interaction). ``source``: one of :data:`SOURCES`:
+    ``analytic`` (a formula tested against ``FlopCounterMode``), ``measured`` (counted by
+    ``FlopCounterMode``), ``measured: element-wise only ...`` (the model multiplies no matrices:
+    0 is the true matrix-product count, its element-wise work is not counted) or ``lower bound``
+    (ops without a FLOP formula ran, listed in ``uncounted_ops``). ``params``: what one device
+    holds besides the item tables (its own user's embedding row, not the whole user table);
+    ``candidate_params``: the item-indexed scalars a device caches to score candidates;
+    ``excluded_params``: everything left out of ``params`` (item tables, other users' rows).
     """
 
     model: str
@@ -410,8 +436,14 @@ class ModelCost:
     params: int
     blocks: int
     source: str
+    covers: str = ""
+    candidate_params: int = 0
     excluded_params: int = 0
     uncounted_ops: Tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
     @property
     def flops(self) -> int:
@@ -422,9 +454,13 @@ class ModelCost:
         """A plain dict (for JSON and tables)."""
         return {
             "model": self.model, "macs": self.macs, "params": self.params, "blocks": self.blocks,
-            "source": self.source, "excluded_params": self.excluded_params,
+            "source": self.source, "covers": self.covers,
+            "candidate_params": self.candidate_params, "excluded_params": self.excluded_params,
             "uncounted_ops": list(self.uncounted_ops),
         }
+
+
+_ENCODER = "encoder of one full-length sequence (scoring excluded)"
 
 
 def sasrec_cost(model) -> ModelCost:
@@ -434,8 +470,9 @@ def sasrec_cost(model) -> ModelCost:
     n = model.n_layers
     per = block_macs(L, d, f, model.n_heads)
     params = device_params_fixed(L, d) + n * block_params(d, f)
-    return ModelCost("SASRec", n * per, params, n, "analytic",
-                     excluded_params=int(model.n_items) * d)
+    items = int(model.n_items) * d
+    return ModelCost("SASRec", n * per, params, n, SOURCE_ANALYTIC, _ENCODER,
+                     candidate_params=items, excluded_params=items)
 
 
 def bert4rec_cost(model) -> ModelCost:
@@ -452,7 +489,8 @@ def bert4rec_cost(model) -> ModelCost:
     macs = n * block_macs(L, d, f, model.n_heads) + L * d * d
     params = device_params_fixed(L, d) + n * block_params(d, f) + (d * d + d) + 2 * d
     excluded = (int(model.n_items) + 1) * d + int(model.n_items)
-    return ModelCost("BERT4Rec", macs, params, n, "analytic", excluded_params=excluded)
+    return ModelCost("BERT4Rec", macs, params, n, SOURCE_ANALYTIC, _ENCODER,
+                     candidate_params=int(model.n_items) * (d + 1), excluded_params=excluded)
 
 
 def gru4rec_cost(model) -> ModelCost:
@@ -466,119 +504,9 @@ def gru4rec_cost(model) -> ModelCost:
     macs = L * 3 * h * (e + h) + (layers - 1) * L * 3 * h * (h + h) + L * h * e
     params = 3 * h * (e + h) + (layers - 1) * 3 * h * (h + h) + (6 * h * layers if bias else 0)
     params += h * e + e
-    return ModelCost("GRU4Rec", macs, params, layers, "analytic",
-                     excluded_params=int(model.n_items) * e)
+    items = int(model.n_items) * e  # it scores with the item embedding (embedding_size wide)
+    return ModelCost("GRU4Rec", macs, params, layers, SOURCE_ANALYTIC, _ENCODER,
+                     candidate_params=items, excluded_params=items)
 
 
-_ANALYTIC = {"SASRec": sasrec_cost, "BERT4Rec": bert4rec_cost, "GRU4Rec": gru4rec_cost}
-
-# Substrings of aten op names that do matmul-like work; seen without a FlopCounterMode formula,
-# they make a measured count a lower bound (e.g. FFTs, fused RNN kernels, matrix-vector ops).
-_HEAVY_OP_HINTS = ("fft", "rnn", "lstm", "gru", "conv", "mm", "matmul", "linear", "attention",
-                   "einsum", "dot", "mv")
-
-
-def _measure(fn: Callable, *args, **kwargs) -> Tuple[int, Tuple[str, ...]]:
-    """(MACs counted by FlopCounterMode, heavy ops it saw but could not count)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode, flop_registry
-
-    class _OpRecorder(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.add(func.overloadpacket)
-            return func(*args, **(kwargs or {}))
-
-    counter = FlopCounterMode(display=False)
-    recorder = _OpRecorder()
-    with torch.no_grad(), counter, recorder:
-        fn(*args, **kwargs)
-    uncounted = sorted(
-        str(op) for op in recorder.ops
-        if op not in flop_registry and any(s in str(op).split(".")[-1] for s in _HEAVY_OP_HINTS)
-    )
-    return int(counter.get_total_flops()) // 2, tuple(uncounted)
-
-
-def measure_macs(fn: Callable, *args, **kwargs) -> int:
-    """MACs of ``fn(*args, **kwargs)`` as counted by ``FlopCounterMode`` (its FLOPs // 2), under
-    ``torch.no_grad()``. Counts mm/addmm/bmm/baddbmm/convolution/SDPA; on CPU ``nn.GRU``
-    decomposes into counted mm ops, but e.g. ``nn.LSTM`` (mkldnn kernel) and FFTs count 0."""
-    return _measure(fn, *args, **kwargs)[0]
-
-
-def _one_user_interaction(model):
-    from recbole.data.interaction import Interaction
-
-    L, n_items = int(model.max_seq_length), int(model.n_items)
-    if n_items < 2:
-        raise ValueError(f"need at least one real item, n_items={n_items}")
-    data = {
-        model.ITEM_SEQ: (torch.arange(L) % (n_items - 1) + 1).unsqueeze(0),
-        model.ITEM_SEQ_LEN: torch.tensor([L]),
-        model.POS_ITEM_ID: torch.tensor([1]),
-    }
-    if getattr(model, "USER_ID", None):
-        data[model.USER_ID] = torch.tensor([1])
-    return Interaction(data)
-
-
-def _measured_params(model) -> Tuple[int, int]:
-    """(params without item tables, item-table params): item tables are ``nn.Embedding``s with
-    ``num_embeddings == model.n_items``."""
-    n_items = int(model.n_items)
-    item_tables = [m for m in model.modules()
-                   if isinstance(m, nn.Embedding) and m.num_embeddings == n_items]
-    excluded = {id(p) for t in item_tables for p in t.parameters()}
-    total = excluded_n = 0
-    for p in model.parameters():  # parameters() de-duplicates shared (tied) tensors
-        if id(p) in excluded:
-            excluded_n += p.numel()
-        else:
-            total += p.numel()
-    return total, excluded_n
-
-
-def _count_blocks(model) -> int:
-    """Stacked blocks of a measured model: ``n_layers`` / ``num_layers``, NextItNet's residual
-    blocks; 0 for models without stacked blocks (e.g. STAMP, Caser)."""
-    for attr in ("n_layers", "num_layers"):
-        if isinstance(getattr(model, attr, None), int):
-            return int(getattr(model, attr))
-    blocks = getattr(model, "residual_blocks", None)
-    if isinstance(blocks, nn.Sequential):
-        return len(blocks)
-    return 0
-
-
-def model_cost(model) -> ModelCost:
-    """Cost of any RecBole sequential model instance for one user: analytic for SASRec,
-    BERT4Rec and GRU4Rec (exact class names), otherwise measured with ``FlopCounterMode`` on
-    ``model.predict`` of one full-length user and one candidate (on a CPU copy, in eval mode).
-    Raises :class:`CostNotMeasurableError` if the run fails or counts 0 MACs."""
-    name = type(model).__name__
-    if name in _ANALYTIC:
-        return _ANALYTIC[name](model)
-    target = model
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        target = copy.deepcopy(model).cpu()  # CPU kernels decompose into countable ops
-    was_training = target.training
-    try:
-        target.eval()
-        inter = _one_user_interaction(target)
-        macs, uncounted = _measure(target.predict, inter)
-    except Exception as exc:  # any failure means "not measurable"
-        raise CostNotMeasurableError(name, f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        target.train(was_training)
-    if macs <= 0:
-        raise CostNotMeasurableError(name, "FlopCounterMode counted 0 MACs in predict()"
-                                     + (f" (uncounted ops: {', '.join(uncounted)})"
-                                        if uncounted else ""))
-    params, excluded = _measured_params(model)
-    blocks = _count_blocks(model)
-    return ModelCost(name, macs, params, blocks, "measured", excluded_params=excluded,
-                     uncounted_ops=uncounted)
+ANALYTIC = {"SASRec": sasrec_cost, "BERT4Rec": bert4rec_cost, "GRU4Rec": gru4rec_cost}

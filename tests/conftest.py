@@ -85,3 +85,60 @@ def write_atomic_files(root, name, files):
             content = "\n".join(lines) + "\n"
         (folder / f"{name}.{suffix}").write_text(content)
     return folder
+
+
+# ----------------------------------------------------------------------------- model zoo dataset
+
+ZOO_USERS, ZOO_ITEMS, ZOO_SEQ_LEN, ZOO_EMB = 24, 20, 8, 8
+
+
+def write_zoo_dataset(root, name="zoo", seed=0):
+    """Write every atomic file RecBole's model families read, tiny, with a planted pattern.
+
+    ``.inter`` (user_id, item_id, rating, timestamp): each user walks the cycle i -> i+1 from a
+    random start; the successor of an even step is rated 5, otherwise 2 (so ``threshold: {rating:
+    4}`` yields both labels). ``.user`` (age, gender), ``.item`` (price, class: a token_seq of the
+    item's parity and residue mod 3), ``.kg``/``.link`` (item entities, relation "next" along the
+    cycle and "class" to a class entity) and ``.ent``/``.rel`` (pretrained entity and relation
+    embeddings, float_seq of width ``ZOO_EMB``, for KSR and GRU4RecKG). Returns the folder.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(suffix, header, rows):
+        text = "\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows)
+        (folder / f"{name}.{suffix}").write_text(text)
+
+    inter = []
+    for user in range(1, ZOO_USERS + 1):
+        start = int(rng.integers(ZOO_ITEMS))
+        for step in range(ZOO_SEQ_LEN):
+            item = (start + step) % ZOO_ITEMS + 1
+            inter.append((f"u{user}", f"i{item}", 5 if step % 2 == 0 else 2, 1000 * user + step))
+    write("inter", ["user_id:token", "item_id:token", "rating:float", "timestamp:float"], inter)
+    write("user", ["user_id:token", "age:float", "gender:token"],
+          [(f"u{u}", 18 + u % 40, "MF"[u % 2]) for u in range(1, ZOO_USERS + 1)])
+    write("item", ["item_id:token", "price:float", "class:token_seq"],
+          [(f"i{i}", i % 7 + 1.5, f"p{i % 2} m{i % 3}") for i in range(1, ZOO_ITEMS + 1)])
+    write("link", ["item_id:token", "entity_id:token"],
+          [(f"i{i}", f"e{i}") for i in range(1, ZOO_ITEMS + 1)])
+    kg = [(f"e{i}", "next", f"e{i % ZOO_ITEMS + 1}") for i in range(1, ZOO_ITEMS + 1)]
+    kg += [(f"e{i}", "class", f"c{i % 3}") for i in range(1, ZOO_ITEMS + 1)]
+    write("kg", ["head_id:token", "relation_id:token", "tail_id:token"], kg)
+    entities = [f"e{i}" for i in range(1, ZOO_ITEMS + 1)] + [f"c{k}" for k in range(3)]
+
+    def vec():
+        return " ".join(f"{x:.3f}" for x in rng.normal(size=ZOO_EMB))
+
+    write("ent", ["ent_id:token", "ent_emb:float_seq"], [(e, vec()) for e in entities])
+    write("rel", ["rel_id:token", "rel_emb:float_seq"], [(r, vec()) for r in ("next", "class")])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    """(dataset name, data_path) of the shared model-zoo dataset, written once per session."""
+    root = tmp_path_factory.mktemp("zoo")
+    write_zoo_dataset(root)
+    return "zoo", str(root)

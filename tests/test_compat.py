@@ -91,3 +91,31 @@ def test_pipeline_never_imports_ray(tmp_path, planted):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0 and "no ray" in done.stdout, done.stderr[-2000:]
+
+
+def test_graph_models_build_their_adjacency_with_dok_update(planted, monkeypatch):
+    """C8: scipy >= 1.13 has no dok_matrix._update, which LightGCN (and 6 more) call."""
+    import scipy.sparse as sp
+
+    dataset, config = planted
+    config["epochs"] = 1
+    _, model, (train, _, _) = prepare("LightGCN", dataset, config_dict=config)
+    inter = train._dataset.inter_matrix(form="coo")
+    n = model.n_users + model.n_items
+    rows = np.concatenate([inter.row, inter.col + model.n_users])
+    cols = np.concatenate([inter.col + model.n_users, inter.row])
+    adj = sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)).tocsr()
+    adj.data[:] = 1.0  # repeated interactions are one edge, as in the dict recbole builds
+    d = np.power(np.asarray(adj.sum(axis=1)).ravel() + 1e-7, -0.5)
+    reference = sp.diags(d) @ adj @ sp.diags(d)
+    np.testing.assert_allclose(model.norm_adj_matrix.to_dense().numpy(), reference.toarray(),
+                               rtol=1e-5, atol=1e-7)
+
+    matrix = sp.dok_matrix((3, 4), dtype=np.float32)
+    matrix._update({(0, 1): 2.0, (2, 3): 5.0})
+    assert matrix.toarray().tolist() == [[0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 5]]
+
+    monkeypatch.delattr(sp.dok_matrix, "_update", raising=False)
+    if not hasattr(sp.dok_matrix, "_update"):  # scipy >= 1.13 without the work-around
+        with pytest.raises(AttributeError, match="_update"):
+            prepare("LightGCN", dataset, config_dict=config)

@@ -312,13 +312,13 @@ def test_estimate_matches_what_training_really_keeps(planted):
 
 def test_topk_without_the_default_cutoff_fails_before_training(planted):
     dataset, config = planted
-    del config["valid_metric"]  # the plugin's default: NDCG@10
+    del config["valid_metric"], config["metrics"]  # RecBole's defaults: MRR@10 and its list
     config["topk"] = [5, 20]
     with pytest.raises(ValueError) as info:
         Config(model="SASRec", dataset=dataset, config_dict=config)
     message = str(info.value)
-    assert "`valid_metric` = 'NDCG@10' needs 10 in `topk` = [5, 20]" in message
-    assert "ndcg@5, ndcg@20, hit@5, hit@20" in message
+    assert "`valid_metric` = 'MRR@10' needs 10 in `topk` = [5, 20]" in message
+    assert "mrr@5, mrr@20, ndcg@5, ndcg@20, hit@5, hit@20" in message
 
 
 @pytest.mark.parametrize("metrics, topk, valid, error", [

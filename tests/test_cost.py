@@ -10,6 +10,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from recbole_fofa import cost
+from recbole_fofa.evaluator import measure
+from recbole_fofa.subnet import SubnetConfig, SupernetShape
+
+ROWS = {}  # id(model) -> one real interaction row of its training data
 
 
 def flop_macs(fn, *args):
@@ -75,10 +79,17 @@ def build_model(tiny_root):
         config = Config(model=name, dataset="tiny", config_dict=config_dict)
         dataset = create_dataset(config)
         train_data, _, _ = data_preparation(config, dataset)
-        return get_model(name)(config, train_data._dataset).eval()
+        model = get_model(name)(config, train_data._dataset).eval()
+        ROWS[id(model)] = measure.one_row_interaction(train_data)
+        return model
 
     yield build
     mp.undo()
+
+
+def row(model):
+    """The real one-row interaction the trainer would measure ``model`` on."""
+    return ROWS[id(model)]
 
 
 def full_sequence(model):
@@ -310,15 +321,17 @@ def test_scoring_and_device_fixed_params():
 # ----------------------------------------------------------------------------- Forward-OFA
 
 
-SIZES = dict(seq_len=20, hidden_size=32, inner_size=64, n_heads=2, n_blocks=6, rt_len=10,
-             extractor="gru", rank=4, mapper_hidden=16, n_candidates=100)
+def shape(**changes):
+    sizes = dict(seq_len=20, hidden_size=32, inner_size=64, n_heads=2, n_blocks=6, rt_len=10,
+                 extractor="gru", mapper_rank=4, mapper_hidden=16, n_candidates=100)
+    return SupernetShape(**dict(sizes, **changes))
 
 
 @pytest.mark.parametrize("mode", ["parallel", "shared", "none"])
 def test_forward_ofa_cost_breakdown(mode):
     rng = np.random.default_rng(3)
     masks = rng.random((50, 6)) < 0.6
-    b = cost.forward_ofa_cost(masks, mapper_mode=mode, **SIZES)
+    b = cost.forward_ofa_cost(shape(mapper_mode=mode), masks)
     per_block = cost.block_macs(20, 32, 64, 2)
     kept = masks.sum(1)
     np.testing.assert_array_equal(b.kept_blocks, kept)
@@ -344,22 +357,76 @@ def test_forward_ofa_cost_breakdown(mode):
     assert mean_rows[1][1] == pytest.approx(b.encoder_macs.mean())
 
 
-def test_forward_ofa_cost_compound_widths_and_errors():
+def test_forward_ofa_cost_elastic_widths_heads_and_errors():
     masks = np.array([[1, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]], bool)
-    widths = np.array([32, 64, 64, 128, 32, 64])
-    sizes = dict(SIZES, inner_size=widths)
-    b = cost.forward_ofa_cost(masks, mapper_mode="parallel", **sizes)
-    per_block = cost.block_macs(20, 32, widths, 2)
+    widths = np.array([32, 64, 64, 16, 32, 64])
+    heads = np.array([1, 2, 2, 1, 2, 1])
+    b = cost.forward_ofa_cost(shape(), masks, widths, heads)
+    per_block = cost.block_macs(20, 32, widths, heads, head_size=16)
     np.testing.assert_array_equal(b.encoder_macs, masks @ per_block)
-    # all blocks as wide as the widest: the mapper formulas agree with the scalar ones
-    wide = cost.forward_ofa_cost(masks, mapper_mode="shared", **dict(SIZES, inner_size=[64] * 6))
+    attn = heads * 16
+    np.testing.assert_array_equal(
+        b.encoder_params,
+        cost.device_params_fixed(20, 32) + masks @ cost.block_params(32, widths, attn))
+    # full width everywhere: the mapper formulas agree with the scalar ones
+    wide = cost.forward_ofa_cost(shape(mapper_mode="shared"), masks)
     np.testing.assert_array_equal(wide.mapper_macs,
                                   cost.mapper_macs(32, 64, 6, 4, 16, "shared", masks.sum(1)))
     assert wide.mapper_params == cost.mapper_params(32, 64, 6, 4, 16, "shared")
-    with pytest.raises(ValueError, match="n_blocks"):
-        cost.forward_ofa_cost(np.ones((2, 5)), mapper_mode="none", **SIZES)
+    with pytest.raises(ValueError, match="6"):
+        cost.forward_ofa_cost(shape(), np.ones((2, 5)))
     with pytest.raises(ValueError, match="extractor"):
-        cost.forward_ofa_cost(masks, mapper_mode="none", **dict(SIZES, extractor="cnn"))
+        cost.forward_ofa_cost(shape(extractor="cnn"), masks)
+
+
+def test_elastic_block_cost_equals_a_sliced_recbole_layer():
+    """A block keeping h of H heads and w of d_ff units costs what the sliced Linears count."""
+    L, d, H, f, h, w = 12, 32, 4, 64, 2, 24
+    a = h * (d // H)
+    x = torch.randn(1, L, d)
+    qkv = [nn.Linear(d, a) for _ in range(3)]
+    out, ff1, ff2 = nn.Linear(a, d), nn.Linear(d, w), nn.Linear(w, d)
+
+    def sliced_block():
+        q, k, v = (layer(x).view(1, L, h, d // H).transpose(1, 2) for layer in qkv)
+        ctx = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        y = out(ctx.transpose(1, 2).reshape(1, L, a))
+        return ff2(ff1(y).relu())
+
+    assert flop_macs(sliced_block) == cost.block_macs(L, d, w, h, head_size=d // H)
+    layers = [*qkv, out, ff1, ff2, nn.LayerNorm(d), nn.LayerNorm(d)]
+    assert sum(n_params(m) for m in layers) == cost.block_params(d, w, a)
+    assert cost.block_macs(L, d, f, H, head_size=d // H) == cost.block_macs(L, d, f, H)
+
+
+def test_subnet_config_is_canonical_and_round_trips():
+    net = shape(n_blocks=3)
+    a = SubnetConfig((64, 0, 32), (2, 1, 1))  # a dropped block carries no head count
+    b = SubnetConfig((64, 16, 32), (2, 0, 1))
+    assert a == b and hash(a) == hash(b) and a.key == b.key == "64x2|-|32x1"
+    assert a.mask == (True, False, True) and a.n_kept == 2
+    assert SubnetConfig.from_key(a.key) == a == SubnetConfig.from_json(a.to_json())
+    assert net.from_mask([1, 0, 1]) == SubnetConfig((64, 0, 64), (2, 0, 2))
+    assert net.full().key == "64x2|64x2|64x2"
+    with pytest.raises(ValueError, match="width 128 exceeds inner_size 64"):
+        net.validate(SubnetConfig((128, 0, 0), (1, 0, 0)))
+    with pytest.raises(ValueError, match="3 heads exceed n_heads 2"):
+        net.validate(SubnetConfig((64, 0, 0), (3, 0, 0)))
+    with pytest.raises(ValueError, match="at least one block"):
+        net.validate(SubnetConfig((0, 0, 0), (0, 0, 0)))
+    with pytest.raises(ValueError, match="integers"):
+        SubnetConfig((1.5, 0, 0), (1, 0, 0))
+    costs = net.cost([a, net.full()])
+    np.testing.assert_array_equal(costs.kept_blocks, [2, 3])
+    assert costs.encoder_macs[1] == net.full_macs() == 3 * cost.block_macs(20, 32, 64, 2)
+
+
+def test_one_budget_conversion_for_fractions_and_macs():
+    net = shape()
+    assert net.budget_macs(0.5) == 0.5 * net.full_macs()
+    assert net.budget_macs("400K MACs") == 400_000
+    with pytest.raises(ValueError, match="`search_budgets` = 1.5"):
+        net.budget_macs(1.5, "search_budgets")
 
 
 # ----------------------------------------------------------------------------- RecBole baselines
@@ -370,11 +437,11 @@ def test_sasrec_cost_is_exact(build_model):
     item_seq, item_seq_len = full_sequence(model)
     c = cost.sasrec_cost(model)
     assert c.source == "analytic" and c.blocks == 1
-    assert c.macs == cost.measure_macs(model.forward, item_seq, item_seq_len) > 0
+    assert c.macs == measure.measure_macs(model.forward, item_seq, item_seq_len) > 0
     assert c.macs == cost.block_macs(10, 16, 32, 2)
     assert c.params == n_params(model) - model.item_embedding.weight.numel()
     assert c.params + c.excluded_params == n_params(model)
-    assert cost.model_cost(model) == c
+    assert measure.model_cost(model) == c
 
 
 def test_bert4rec_cost_is_exact(build_model):
@@ -385,27 +452,27 @@ def test_bert4rec_cost_is_exact(build_model):
     rebuilt = model.reconstruct_test_data(item_seq.clone(), item_seq_len)
     assert rebuilt.shape == (1, model.max_seq_length)
     assert rebuilt[0, -1] == model.mask_token
-    assert c.macs == cost.measure_macs(model.forward, rebuilt)
+    assert c.macs == measure.measure_macs(model.forward, rebuilt)
     L, d = 10, 16
     assert c.macs == 2 * cost.block_macs(L, d, 32, 2) + L * d * d  # blocks + output_ffn
     assert c.macs != 2 * cost.block_macs(L + 1, d, 32, 2) + (L + 1) * d * d
-    inter = cost._one_user_interaction(model)
-    assert cost.measure_macs(model.predict, inter) == c.macs  # 1 candidate: no matmul
+    inter = row(model)
+    assert measure.measure_macs(model.predict, inter) == c.macs  # 1 candidate: no matmul
     excluded = model.item_embedding.weight.numel() + model.output_bias.numel()
     assert c.params == n_params(model) - excluded
     assert c.params + c.excluded_params == n_params(model)
     assert c.blocks == 2 and c.source == "analytic"
-    assert cost.model_cost(model) == c
+    assert measure.model_cost(model) == c
 
 
 def test_gru4rec_analytic_equals_measured(build_model):
     model = build_model("GRU4Rec", hidden_size=24, num_layers=2)
     item_seq, item_seq_len = full_sequence(model)
-    c = cost.model_cost(model)
+    c = measure.model_cost(model)
     assert c == cost.gru4rec_cost(model)
     assert c.source == "analytic" and c.blocks == 2
-    assert c.macs == cost.measure_macs(model.forward, item_seq, item_seq_len)
-    assert c.macs == cost.measure_macs(model.predict, cost._one_user_interaction(model))
+    assert c.macs == measure.measure_macs(model.forward, item_seq, item_seq_len)
+    assert c.macs == measure.measure_macs(model.predict, row(model))
     assert c.params == n_params(model) - model.item_embedding.weight.numel()
 
 
@@ -413,53 +480,86 @@ def test_gru4rec_analytic_equals_measured(build_model):
 def test_model_cost_measures_other_models(build_model, name):
     model = build_model(name)
     model.train()
-    c = cost.model_cost(model)
-    assert model.training  # mode restored
-    assert c.source == "measured" and c.model == name
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    c = measure.model_cost(model, row(model))
+    assert model.training  # measured on a copy: mode and weights untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert c.source == "measured" and c.model == name and "predict()" in c.covers
     assert 0 < c.macs < 10**9
     item_tables = sum(m.weight.numel() for m in model.modules()
                       if isinstance(m, nn.Embedding) and m.num_embeddings == model.n_items)
-    assert c.excluded_params == item_tables > 0
-    assert c.params == n_params(model) - item_tables
+    users = [m for m in model.modules()
+             if isinstance(m, nn.Embedding) and m.num_embeddings == getattr(model, "n_users", -1)]
+    other_users = sum(m.weight.numel() - m.embedding_dim for m in users)  # the device keeps 1 row
+    assert (name == "Caser") == bool(users)  # Caser is the one with a user embedding
+    assert c.candidate_params == item_tables > 0
+    assert c.excluded_params == item_tables + other_users
+    assert c.params == n_params(model) - item_tables - other_users
     assert c.uncounted_ops == ()
 
 
 def test_uncounted_ops_are_reported():
     x = torch.randn(1, 8, 4)
-    macs, uncounted = cost._measure(lambda: torch.fft.irfft(torch.fft.rfft(x, dim=1), dim=1))
+    macs, uncounted = measure._measure(lambda: torch.fft.irfft(torch.fft.rfft(x, dim=1), dim=1))
     assert macs == 0
     assert any("fft" in op for op in uncounted)
 
 
 class _Fake(nn.Module):
-    """Minimal object with the attributes model_cost reads from a SequentialRecommender."""
+    """A model whose predict multiplies no matrices (or fails), and optionally ranks all items."""
 
-    ITEM_SEQ, ITEM_SEQ_LEN, POS_ITEM_ID, USER_ID = "item_id_list", "item_length", "item_id", "uid"
-    max_seq_length, n_items = 5, 10
+    ITEM_SEQ, ITEM_ID = "item_id_list", "item_id"
+    n_items = 10
 
-    def __init__(self, fail=False):
+    def __init__(self, fail=False, full_sort=False):
         super().__init__()
         self.item_embedding = nn.Embedding(self.n_items, 4)
-        self.fail = fail
+        self.fail, self.full_sort = fail, full_sort
 
     def predict(self, interaction):
         if self.fail:
             raise RuntimeError("boom")
         emb = self.item_embedding(interaction[self.ITEM_SEQ]).sum(dim=1)
-        return (emb * self.item_embedding(interaction[self.POS_ITEM_ID])).sum(-1)
+        return (emb * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        if not self.full_sort:
+            raise AssertionError("full ranking disabled")
+        emb = self.item_embedding(interaction[self.ITEM_SEQ]).sum(dim=1)
+        return emb @ self.item_embedding.weight.T
 
 
-def test_model_cost_never_returns_a_silent_zero():
-    with pytest.raises(cost.CostNotMeasurableError, match="_Fake.*0 MACs") as err:
-        cost.model_cost(_Fake())
+def _fake_row():
+    from recbole.data.interaction import Interaction
+
+    return Interaction({"item_id_list": torch.tensor([[1, 2, 3]]), "item_id": torch.tensor([4])})
+
+
+def test_element_wise_models_report_zero_with_their_source():
+    c = measure.model_cost(_Fake(), _fake_row())
+    assert c.macs == 0 and c.source == cost.SOURCE_ELEMENTWISE
+    assert "element-wise" in c.source and c.covers == "predict() on one interaction"
+    assert c.candidate_params == 40 and c.params == 0
+
+
+def test_full_ranking_models_are_measured_on_full_sort_predict():
+    c = measure.model_cost(_Fake(fail=True, full_sort=True), _fake_row())
+    assert c.macs == 10 * 4 and c.source == "measured"  # one user x 10 items x width 4
+    assert "full_sort_predict" in c.covers and "every item" in c.covers
+
+
+def test_unmeasurable_models_raise_naming_the_reasons():
+    with pytest.raises(cost.CostNotMeasurableError, match="RuntimeError: boom") as err:
+        measure.model_cost(_Fake(fail=True), _fake_row())
     assert isinstance(err.value, ValueError) and err.value.model_name == "_Fake"
-    with pytest.raises(cost.CostNotMeasurableError, match="RuntimeError: boom"):
-        cost.model_cost(_Fake(fail=True))
+    assert "full ranking disabled" in err.value.reason
+    with pytest.raises(ValueError, match="pass `interaction`"):
+        measure.model_cost(_Fake())
 
 
 def test_fearec_fft_is_reported_as_uncounted(build_model):
     """FEARec mixes in the frequency domain; FlopCounterMode has no FFT formula (lower bound)."""
     model = build_model("FEARec", n_layers=2)  # FEARec divides by n_layers - 1
-    c = cost.model_cost(model)
-    assert c.source == "measured" and c.macs > 0
+    c = measure.model_cost(model, row(model))
+    assert c.source == cost.SOURCE_LOWER_BOUND and c.macs > 0
     assert any("fft" in op for op in c.uncounted_ops)

@@ -4,7 +4,8 @@ from logging import getLogger
 
 import torch
 
-from recbole_fofa import compat, cost
+from recbole_fofa import compat
+from recbole_fofa.evaluator import measure
 from recbole_fofa.evaluator.metrics import COST_KEYS
 
 
@@ -14,9 +15,9 @@ class CostCollector(compat.TensorSafeCollector):
     A model with per-user structures implements ``reset_evaluation_costs()`` (the plugin's trainers
     call it when an evaluation starts) and ``evaluation_costs()`` returning per-user arrays
     ``macs``, ``params``, ``blocks`` and the scalars ``full_macs`` and ``candidate_params`` for the
-    users evaluated since (and forgetting them). Any other model has one constant
-    cost, from :func:`recbole_fofa.cost.model_cost`: analytic where it has a formula, otherwise
-    measured with ``FlopCounterMode`` and logged as such. The ``model.*`` keys are replaced, never
+    users evaluated since (and forgetting them). Any other model has one constant cost, measured
+    once by :meth:`measure` (the plugin's trainers call it before training or the first
+    evaluation) and logged with its source. The ``model.*`` keys are replaced, never
     appended, and dropped after each evaluation, so evaluations never mix their numbers.
     """
 
@@ -25,22 +26,32 @@ class CostCollector(compat.TensorSafeCollector):
         self.needs_cost = any(self.register.need(key) for key in COST_KEYS)
         self._fixed = {}
 
-    def fixed_cost(self, model):
-        """The constant per-user cost of a fixed-size model (computed and logged once)."""
-        key = id(model)
-        if key not in self._fixed:
-            result = cost.model_cost(model)
-            if result.uncounted_ops:
-                getLogger().warning(
-                    f"{result.model}: MACs measured with FlopCounterMode are a lower bound; "
-                    f"ops without a FLOP formula ran: {', '.join(result.uncounted_ops)}"
-                )
-            getLogger().info(
-                f"{result.model} on-device cost ({result.source}): MACs={result.macs:,} "
-                f"(FLOPs={result.flops:,}), Params={result.params:,}, Blocks={result.blocks}"
+    def measure(self, model, interaction):
+        """Measure and keep the constant per-user cost of a fixed-size model, logging its
+        source (see :func:`recbole_fofa.evaluator.measure.model_cost`)."""
+        result = measure.model_cost(model, interaction)
+        logger = getLogger()
+        if result.uncounted_ops:
+            logger.warning(
+                f"{result.model}: its MACs are a lower bound; ops without a FLOP formula ran: "
+                f"{', '.join(result.uncounted_ops)}"
             )
-            self._fixed[key] = result
-        return self._fixed[key]
+        logger.info(
+            f"{result.model} on-device cost ({result.source}; {result.covers}): "
+            f"MACs={result.macs:,} (FLOPs={result.flops:,}), Params={result.params:,}, "
+            f"Blocks={result.blocks}, candidate Params={result.candidate_params:,}"
+        )
+        self._fixed[id(model)] = result
+        return result
+
+    def fixed_cost(self, model):
+        """The constant per-user cost measured for ``model`` by :meth:`measure`."""
+        if id(model) not in self._fixed:
+            raise RuntimeError(
+                f"no cost was measured for {type(model).__name__}: the plugin's trainers measure "
+                "it when fit() or evaluate() starts (or call CostCollector.measure)"
+            )
+        return self._fixed[id(model)]
 
     def model_collect(self, model):
         if not self.needs_cost:
@@ -50,13 +61,12 @@ class CostCollector(compat.TensorSafeCollector):
             values = model.evaluation_costs()
         else:
             fixed = self.fixed_cost(model)
-            n_items = getattr(model, "n_items", 0)
             values = {
                 "macs": fixed.macs,
                 "params": fixed.params,
                 "blocks": fixed.blocks,
                 "full_macs": fixed.macs,
-                "candidate_params": cost.candidate_params(n_items, _hidden_size(model)),
+                "candidate_params": fixed.candidate_params,
             }
         for name, value in values.items():
             tensor = torch.as_tensor(value, dtype=torch.float64).reshape(-1).cpu()
@@ -69,10 +79,3 @@ class CostCollector(compat.TensorSafeCollector):
                 del self.data_struct[key]
         return struct
 
-
-def _hidden_size(model):
-    """Width of the item embeddings a device caches for scoring."""
-    for attr in ("hidden_size", "embedding_size"):
-        if isinstance(getattr(model, attr, None), int):
-            return getattr(model, attr)
-    return model.item_embedding.embedding_dim

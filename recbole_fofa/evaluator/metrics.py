@@ -15,7 +15,9 @@ from recbole.utils import EvaluatorType
 class _CostMetric(AbstractMetric):
     """Mean of one collected per-user cost."""
 
-    metric_type = EvaluatorType.RANKING  # so it can sit beside NDCG/Hit in one config
+    # Registered as RANKING; the plugin's Config leaves cost metrics out of RecBole's check that
+    # all metrics share one type, so they also sit beside AUC/LogLoss (value metrics).
+    metric_type = EvaluatorType.RANKING
     smaller = True
     key = ""  # result key, also the lowercased metric name
 
@@ -69,6 +71,14 @@ class MACsRatio(_CostMetric):
 
 COST_METRICS = (MACs, Params, Blocks, MACsRatio)
 COST_KEYS = sorted({need for metric in COST_METRICS for need in metric.metric_need})
+COST_METRIC_NAMES = frozenset(metric.__name__.lower() for metric in COST_METRICS)
+# What the plugin's Config adds to a model type's RecBole default metrics when it can cost it.
+DEFAULT_COST_METRICS = ("MACs", "Params", "Blocks")
+
+
+def is_cost_metric(name):
+    """Whether a ``metrics`` entry (any case) or a ``valid_metric`` is one of the cost metrics."""
+    return str(name).split("@")[0].lower() in COST_METRIC_NAMES
 
 
 def register_metrics():

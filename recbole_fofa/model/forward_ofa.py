@@ -32,6 +32,7 @@ from recbole_fofa.model.layers import (
     repair_to_budget,
     run_blocks,
 )
+from recbole_fofa.subnet import SupernetShape
 
 STAGES = ("supernet", "adapt")
 
@@ -86,26 +87,12 @@ class ForwardOFA(SequentialRecommender):
         else:
             raise ValueError(f"config key `loss_type` = {self.loss_type!r}: use 'CE' or 'BPR'")
 
-        block_macs = cost.block_macs(
-            self.max_seq_length, self.hidden_size, self.inner_size, self.n_heads
-        )
+        self.shape = SupernetShape.from_config(config, self.n_items)
         self.register_buffer(
-            "block_costs", torch.full((self.n_blocks,), float(block_macs)), persistent=False
+            "block_costs", torch.as_tensor(self.shape.block_macs(), dtype=torch.float32),
+            persistent=False,
         )
-        self.cost_args = {
-            "seq_len": self.max_seq_length,
-            "hidden_size": self.hidden_size,
-            "inner_size": self.inner_size,
-            "n_heads": self.n_heads,
-            "n_blocks": self.n_blocks,
-            "rt_len": self.rt_len,
-            "extractor": config["extractor"],
-            "rank": config["mapper_rank"],
-            "mapper_hidden": config["mapper_hidden"],
-            "mapper_mode": config["mapper_mode"],
-            "n_candidates": config["n_candidates"] or self.n_items,
-        }
-        self.device_budget = self._budget_macs(config["device_budget"], block_macs)
+        self.device_budget = self._budget_macs(config["device_budget"])
 
         # A new model starts where training starts; a loaded one keeps its saved stage.
         self.stage = "supernet" if config["supernet_epochs"] > 0 else "adapt"
@@ -126,15 +113,16 @@ class ForwardOFA(SequentialRecommender):
         """
         checks.check_keys(config, "ForwardOFA")
 
-    def _budget_macs(self, budget, block_macs):
-        """``device_budget`` in MACs (None for no budget): see :func:`checks.parse_budget`."""
+    def _budget_macs(self, budget):
+        """``device_budget`` in MACs (None for no budget): see :meth:`SupernetShape.budget_macs`."""
         if budget is None:
             return None
-        macs = checks.parse_budget("device_budget", budget).to_macs(block_macs * self.n_blocks)
-        if macs < block_macs:
+        macs = self.shape.budget_macs(budget, "device_budget")
+        cheapest = int(self.shape.block_macs().min())
+        if macs < cheapest:
             raise ValueError(
                 f"config key `device_budget` = {budget!r} is below the cheapest sub-network: one "
-                f"block costs {block_macs:,} MACs (a fraction >= {1 / self.n_blocks:.4f})"
+                f"block costs {cheapest:,} MACs (a fraction >= {1 / self.n_blocks:.4f})"
             )
         return macs
 
@@ -313,7 +301,7 @@ class ForwardOFA(SequentialRecommender):
             )
         masks = torch.cat(self._eval_masks).numpy()
         self._eval_masks = None
-        breakdown = cost.forward_ofa_cost(masks, **self.cost_args)
+        breakdown = cost.forward_ofa_cost(self.shape, masks)
         return {
             "macs": breakdown.encoder_macs,
             "params": breakdown.encoder_params,

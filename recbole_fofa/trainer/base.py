@@ -2,17 +2,26 @@
 
 import functools
 
+from recbole.evaluator import Evaluator
 from recbole.trainer import Trainer as RecBoleTrainer
+from recbole.utils import set_color
 
 from recbole_fofa import compat
+from recbole_fofa.cost import CostNotMeasurableError
+from recbole_fofa.evaluator import measure
 from recbole_fofa.evaluator.collector import CostCollector
+from recbole_fofa.evaluator.metrics import is_cost_metric
 
 
 class PluginTrainerMixin:
     """Reloads checkpoints on torch >= 2.6 and collects cost metrics after each evaluation.
 
     Mixed in front of a RecBole trainer class; RecBole's own loading and evaluation code runs
-    unchanged.
+    unchanged. A fixed-size model's cost is measured once, before training (or before the first
+    evaluation when ``fit`` is never called), on one real interaction of the data the trainer is
+    given. If it cannot be measured, cost metrics the plugin added by default are dropped with one
+    warning and the model runs exactly as in RecBole; cost metrics the user asked for raise
+    :class:`~recbole_fofa.cost.CostNotMeasurableError` before the first epoch.
     """
 
     collector_class = CostCollector
@@ -20,19 +29,60 @@ class PluginTrainerMixin:
     def __init__(self, config, model):
         super().__init__(config, model)
         self.eval_collector = self.collector_class(config)
-        if self.eval_collector.needs_cost and not hasattr(model, "evaluation_costs"):
-            self.eval_collector.fixed_cost(model)  # a model that cannot be costed fails here
+        self._cost_checked = False
+
+    def check_cost(self, data):
+        """Measure the model's fixed cost on row 0 of ``data`` (once; see the class docstring)."""
+        if self._cost_checked:
+            return
+        self._cost_checked = True
+        model = getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
+        if not self.eval_collector.needs_cost or hasattr(model, "evaluation_costs"):
+            return
+        try:
+            try:
+                interaction = measure.one_row_interaction(data)
+            except (TypeError, ValueError) as exc:
+                raise CostNotMeasurableError(type(model).__name__, str(exc)) from exc
+            self.eval_collector.measure(model, interaction)
+        except CostNotMeasurableError as err:
+            if not getattr(self.config, "cost_metrics_by_default", False):
+                raise
+            if is_cost_metric(self.config["valid_metric"]):
+                raise CostNotMeasurableError(
+                    err.model_name, f"{err.reason}; `valid_metric` is "
+                    f"{self.config['valid_metric']!r}, a cost metric") from err
+            self._drop_cost_metrics(err)
+
+    def _drop_cost_metrics(self, err):
+        """Run without the default cost metrics: RecBole's own metric list and collector."""
+        dropped = [name for name in self.config["metrics"] if is_cost_metric(name)]
+        self.config["metrics"] = [n for n in self.config["metrics"] if not is_cost_metric(n)]
+        self.config.cost_metrics_by_default = False
+        self.eval_collector = self.collector_class(self.config)
+        self.evaluator = Evaluator(self.config)
+        self.logger.warning(set_color(
+            f"{err.model_name}: not reporting {', '.join(dropped)}: its cost cannot be measured "
+            f"({err.reason}). It trains and evaluates as in RecBole.", "yellow"))
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        self.check_cost(train_data)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        records = self.eval_collector.needs_cost and hasattr(self.model, "reset_evaluation_costs")
-        if records:  # models with per-user structures record them for this evaluation only
-            self.model.reset_evaluation_costs()
+        if eval_data:
+            self.check_cost(eval_data)
+        model = getattr(self.model, "module", self.model)
+        # models with per-user structures record them only while an evaluation needs them
+        if self.eval_collector.needs_cost and hasattr(model, "reset_evaluation_costs"):
+            model.reset_evaluation_costs()
         try:
             with compat.trusted_checkpoint_loads():
                 return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         finally:
-            if hasattr(self.model, "stop_evaluation_costs"):
-                self.model.stop_evaluation_costs()
+            if hasattr(model, "stop_evaluation_costs"):
+                model.stop_evaluation_costs()
 
     def resume_checkpoint(self, resume_file):
         with compat.trusted_checkpoint_loads():
