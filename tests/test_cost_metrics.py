@@ -127,7 +127,8 @@ def test_defaults_add_cost_metrics_only_to_models_that_can_be_costed(planted):
     ease = Config(model="EASE", dataset=dataset, config_dict=config)  # scores with numpy
     assert ease["metrics"] == RECBOLE_RANKING and not ease.cost_metrics_by_default
 
-    mine = Config(model="SASRec", dataset=dataset, config_dict=dict(config, metrics=["Hit"]))
+    mine = Config(model="SASRec", dataset=dataset, config_dict=dict(config, metrics=["Hit"],
+                                                          valid_metric="Hit@10"))
     assert mine["metrics"] == ["Hit"] and not mine.cost_metrics_by_default
 
 
