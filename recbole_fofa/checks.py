@@ -280,6 +280,60 @@ def parse_budget(key, value):
     return Budget(fraction=float(value))
 
 
+# ----------------------------------------------------------------------------- lists
+
+
+class ListOf(Rule):
+    """A non-empty list whose entries each pass ``entry(value) -> bool`` (``entry_allowed`` in
+    words); ``distinct`` entries when asked. The error names the bad entry and its position."""
+
+    def __init__(self, entry, entry_allowed, bad, distinct=True, nullable=False):
+        def check(value):
+            return (value is None and nullable) or self._problem(value) is None
+
+        what = f"a non-empty list of {entry_allowed}" + (", without repeats" if distinct else "")
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "distinct", distinct)
+        object.__setattr__(self, "nullable", nullable)
+        super().__init__(check, f"null or {what}" if nullable else what, bad)
+
+    def _problem(self, value):
+        """None if ``value`` is fine, else a phrase saying what is wrong with it."""
+        if not isinstance(value, list) or not value:
+            return "is not a non-empty list"
+        for index, item in enumerate(value):
+            if not self.entry(item):
+                return f"has a bad entry {item!r} (position {index})"
+        if self.distinct:
+            seen = []
+            for index, item in enumerate(value):
+                if item in seen:
+                    return f"repeats the entry {item!r} (position {index})"
+                seen.append(item)
+        return None
+
+    def __call__(self, key, value):
+        if value is None and self.nullable:
+            return value
+        problem = self._problem(value)
+        if problem is not None:
+            raise ValueError(f"config key `{key}` = {value!r} {problem}: expected "
+                             f"{self.describe()}")
+        return value
+
+
+def _parses_as_budget(value):
+    try:
+        parse_budget("device_budget", value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_fraction(value):
+    return is_finite_number(value) and 0 < value <= 1
+
+
 # ----------------------------------------------------------------------------- tables
 
 PROBABILITY = number(0, 1, high_open=True)
@@ -326,6 +380,12 @@ BACKBONE_CHECKS: Dict[str, Rule] = {
 MAX_BLOCKS = 256
 MAX_SUBNETS = 64
 MAX_BLOCK_PASSES = 1024  # block forward passes in one supernet step (full + sub-networks)
+# The subnet search's names (recbole_fofa.search.space.SPACES and evolution.STRATEGIES + auto;
+# a test keeps them equal). Listed here because checks run before anything imports the search.
+SEARCH_SPACES = ("block", "elastic", "compound")
+SEARCH_STRATEGIES = ("auto", "independent", "bottom_up", "top_down", "exhaustive", "pareto")
+# Exhaustive search evaluates every config with a RecBole evaluation: a million is already days.
+MAX_EXHAUSTIVE = 2**20
 
 MODEL_CHECKS: Dict[str, Dict[str, Rule]] = {
     "ForwardOFA": {
@@ -357,16 +417,42 @@ MODEL_CHECKS: Dict[str, Dict[str, Rule]] = {
                               f"null, or {BUDGET_FORMS}", (1.5, -1, 0, "fast", float("nan"),
                                                           "1.2 MACs/s", True)),
         "n_candidates": optional(integer(1)),
+        # subnet search (recbole_fofa.search; docs/search.md)
+        "search_space": choice(SEARCH_SPACES, "Elastic"),
+        "width_choices": ListOf(_is_fraction, "fractions of inner_size in (0, 1]",
+                                ([], [0], [1.5], [0.5, 0.5], 0.5, None, [True])),
+        "head_choices": ListOf(lambda v: is_int(v) and v >= 1, "head counts (integers >= 1)",
+                               ([], [0], [1.5], [2, 2], 2, None)),
+        "compound_widths": ListOf(_is_fraction, "fractions of inner_size in (0, 1], one per "
+                                  "number of kept blocks", ([], [0.0], [2], None, "0.5"),
+                                  distinct=False),
+        "compound_heads": ListOf(lambda v: is_int(v) and v >= 1, "head counts (integers >= 1), "
+                                 "one per number of kept blocks", ([], [0], [1.5], None),
+                                 distinct=False),
+        "search_budgets": ListOf(_parses_as_budget, f"budgets, each {BUDGET_FORMS}",
+                                 ([], [1.5], 0.5, ["fast"], [0.5, 0.5], [None], [0, 0.5]),
+                                 nullable=True),
+        "search_strategy": choice(SEARCH_STRATEGIES, "evolution"),
+        "search_metric": Rule(lambda v: isinstance(v, str) and bool(v.strip()),
+                              "a metric name, with @k for top-k metrics (e.g. NDCG@10)",
+                              (None, 10, "", "  ")),
+        "search_eval_users": optional(integer(1)),
+        "search_population": integer(2),
+        "search_parents": integer(1),
+        "search_mutants": integer(0),
+        "search_crossovers": integer(0),
+        "search_mutation_prob": number(0, 1, low_open=True),
+        "search_generations": integer(1),
+        "search_warm_generations": optional(integer(0)),
+        "search_max_resample": integer(1),
+        "search_exhaustive_limit": integer(1, MAX_EXHAUSTIVE),
+        "search_predictor": Rule(lambda v: isinstance(v, bool), "true or false",
+                                 (1, "yes", None)),
+        "search_predictor_samples": integer(10),
+        "search_predictor_min_rank_corr": number(-1, 1),
+        "search_seed": optional(integer(0, 2**32 - 1)),
     },
 }
-
-
-def _parses_as_budget(value):
-    try:
-        parse_budget("device_budget", value)
-    except ValueError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- key checks
@@ -472,6 +558,112 @@ def _cross_checks(name, values):
                 f"sub-network: one block costs {block:,} MACs (a fraction >= "
                 f"{1 / values['n_blocks']:.4f}, or \"{block} MACs\")"
             )
+    if name == "ForwardOFA":
+        _search_checks(values, reads)
+
+
+def _search_checks(values, reads):
+    """Cross-key rules of the subnet-search keys (each key alone passed its table rule)."""
+    get = values.get
+    space = get("search_space")
+    inner, n_heads, n_blocks = get("inner_size"), get("n_heads"), get("n_blocks")
+    shape_known = {"inner_size", "n_heads", "n_blocks"} <= reads
+    if space in ("elastic", "compound") and shape_known:
+        for fraction in get("width_choices") or ():
+            if round(fraction * inner) < 1:
+                raise ValueError(
+                    f"config key `width_choices` = {get('width_choices')!r}: {fraction!r} x "
+                    f"`inner_size` = {inner} rounds to 0 feed-forward units; use fractions >= "
+                    f"{0.5 / inner:.4g}"
+                )
+        for heads in get("head_choices") or ():
+            if heads > n_heads:
+                raise ValueError(
+                    f"config key `head_choices` = {get('head_choices')!r}: {heads} heads exceed "
+                    f"`n_heads` = {n_heads}; use head counts in [1, {n_heads}]"
+                )
+    if space == "compound" and shape_known:
+        for key, choices in (("compound_widths", "width_choices"),
+                             ("compound_heads", "head_choices")):
+            rule, allowed = get(key) or [], get(choices) or []
+            if len(rule) != n_blocks:
+                raise ValueError(
+                    f"config key `{key}` = {rule!r} has {len(rule)} entries but `n_blocks` = "
+                    f"{n_blocks}: entry k-1 is used when k blocks are kept, so give {n_blocks}"
+                )
+            for index, value in enumerate(rule):
+                if value not in allowed:
+                    raise ValueError(
+                        f"config key `{key}` = {rule!r}: entry {index} ({value!r}, for "
+                        f"{index + 1} kept blocks) is not in `{choices}` = {allowed!r}"
+                    )
+    population, parents = get("search_population"), get("search_parents")
+    if is_int(population) and is_int(parents) and parents > population:
+        raise ValueError(
+            f"config key `search_parents` = {parents} exceeds `search_population` = "
+            f"{population}: the parents are the best of the population; use at most {population}"
+        )
+    mutants, crossovers = get("search_mutants"), get("search_crossovers")
+    if is_int(mutants) and is_int(crossovers) and mutants + crossovers == 0:
+        raise ValueError(
+            "config keys `search_mutants` = 0 and `search_crossovers` = 0: a generation would "
+            "add no child; set either to at least 1"
+        )
+    budgets = get("search_budgets")
+    if budgets is None:
+        return  # search_metric is only read by a search: do not tie other runs' metrics to it
+    _check_search_metric(values)
+    sizes = {"MAX_ITEM_LIST_LENGTH", "hidden_size"} | {"inner_size", "n_heads", "n_blocks"}
+    if sizes <= reads:
+        cheapest, full = search_cost_bounds(values)
+        for budget in budgets:
+            macs = parse_budget("search_budgets", budget).to_macs(full)
+            if macs < cheapest:
+                raise ValueError(
+                    f"config key `search_budgets` = {budgets!r}: the budget {budget!r} "
+                    f"({macs:,.0f} MACs) is below the cheapest sub-network of the "
+                    f"{space!r} space, {cheapest:,} MACs (a fraction >= {cheapest / full:.4f})"
+                )
+
+
+def _check_search_metric(values):
+    """``search_metric`` names a valid-split result to maximise: produced by ``metrics`` x
+    ``topk`` (as for ``valid_metric``), and bigger-is-better (not a cost, not an error)."""
+    metric = values.get("search_metric")
+    metrics, topk = values.get("metrics"), values.get("topk")
+    if metrics is None or topk is None:
+        return
+    allowed = [name for name in allowed_valid_metrics(metrics, topk)
+               if not is_cost_metric(name) and name.split("@")[0] not in _smaller_metrics()]
+    if metric.lower() not in allowed:
+        raise ValueError(
+            f"config key `search_metric` = {metric!r} is not a bigger-is-better result of "
+            f"`metrics` = {metrics!r} x `topk` = {topk!r}; use one of {', '.join(allowed)}"
+        )
+
+
+def _smaller_metrics():
+    return set(_registry().smaller_metrics)
+
+
+def search_cost_bounds(values):
+    """(cheapest, full) encoder MACs of the configured search space, from the config alone:
+    one block at the space's smallest width and head count, and every block at full width."""
+    get = values.get
+    seq_len, hidden, inner = get("MAX_ITEM_LIST_LENGTH"), get("hidden_size"), get("inner_size")
+    n_heads, n_blocks = get("n_heads"), get("n_blocks")
+    head_size = hidden // n_heads
+    full = cost.block_macs(seq_len, hidden, inner, n_heads, head_size=head_size) * n_blocks
+    space = get("search_space")
+    if space == "elastic":
+        shapes = [(1, min(get("width_choices")), min(get("head_choices")))]
+    elif space == "compound":  # k blocks kept at entry k-1's width and heads
+        shapes = list(zip(range(1, n_blocks + 1), get("compound_widths"), get("compound_heads")))
+    else:
+        shapes = [(1, 1.0, n_heads)]
+    cheapest = min(k * cost.block_macs(seq_len, hidden, round(w * inner), h, head_size=head_size)
+                   for k, w, h in shapes)
+    return int(cheapest), int(full)
 
 
 def supernet_block_passes(n_blocks, subnets):
@@ -738,5 +930,5 @@ def check_config(config, model=None):
 __all__ = [
     "BACKBONE_CHECKS", "COMMON_CHECKS", "MODEL_CHECKS", "Budget", "MemoryEstimate", "Rule",
     "available_memory", "check_config", "check_keys", "check_memory", "check_metrics",
-    "check_value", "estimate_memory", "parse_budget", "rules_for",
+    "check_value", "estimate_memory", "parse_budget", "rules_for", "search_cost_bounds",
 ]
