@@ -560,6 +560,11 @@ def _cross_checks(name, values):
             )
     if name == "ForwardOFA":
         _search_checks(values, reads)
+    elif values.get("search_budgets") is not None:
+        raise ValueError(
+            f"config key `search_budgets` = {values['search_budgets']!r} is set for {name}, but "
+            "only ForwardOFA has sub-networks to search: remove it or use --model=ForwardOFA"
+        )
 
 
 def _search_checks(values, reads):

@@ -1,8 +1,13 @@
-"""``run_recbole_fofa``: RecBole's run_recbole.py flags; other ``--key=value`` flags are config."""
+"""``run_recbole_fofa``: RecBole's run_recbole.py flags; other ``--key=value`` flags are config.
+
+``--search --checkpoint=PATH`` runs the subnet search on a saved ForwardOFA checkpoint instead of
+training; ``--search_budgets="[0.3, 0.6]"`` and the other search keys are read from the flags.
+"""
 
 import argparse
+import ast
 
-from recbole_fofa.quick_start import comparison_table, results_table, run
+from recbole_fofa.quick_start import comparison_table, results_table, run, searching_trainer
 
 
 def build_parser():
@@ -20,12 +25,21 @@ def build_parser():
     parser.add_argument("--port", type=str, default="5678", help="port of the master node")
     parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank offset")
+    parser.add_argument("--search", action="store_true",
+                        help="search sub-networks of a saved ForwardOFA (--checkpoint) for "
+                        "--search_budgets instead of training (docs/search.md)")
+    parser.add_argument("--checkpoint", type=str, default=None,
+                        help="with --search: the saved model file (saved/ForwardOFA-*.pth)")
     return parser
 
 
 def main(argv=None):
-    """Console entry point: run the models, print their metrics; returns the exit status 0."""
-    run_models(argv)
+    """Console entry point: run the models (or the search), print the results; exit status 0."""
+    args, rest = build_parser().parse_known_args(argv)
+    if args.search or args.checkpoint is not None:
+        run_search(args, rest)
+    else:
+        run_models(argv)
     return 0
 
 
@@ -56,3 +70,39 @@ def run_models(argv=None):
         print(f"\ntest results on {args.dataset} (MACs per user; FLOPs = 2 x MACs)")
         print(comparison_table({name: r["test_result"] for name, r in results.items()}))
     return results
+
+
+def config_flags(flags):
+    """``{key: value}`` of ``--key=value`` flags, values read as RecBole reads command-line
+    values (Python literals: numbers, lists, None, True/False; anything else a string)."""
+    out = {}
+    for flag in flags:
+        name, sep, text = flag[2:].partition("=") if flag.startswith("--") else ("", "", "")
+        if not sep or not name:
+            raise ValueError(f"unrecognised argument {flag!r}: config flags are --key=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = {"true": True, "false": False}.get(text.lower(), text)
+        if name in out and out[name] != value:
+            raise ValueError(f"config flag --{name} is given twice with different values")
+        out[name] = value
+    return out
+
+
+def run_search(args, rest):
+    """``--search --checkpoint=PATH [--search_budgets=[...] ...]``: search, print the table and
+    the JSON path; returns the ``SearchResult``."""
+    if not args.search:
+        raise SystemExit("run_recbole_fofa: --checkpoint is only read with --search")
+    if not args.checkpoint:
+        raise SystemExit("run_recbole_fofa: --search needs --checkpoint=PATH (a saved "
+                         "ForwardOFA model file)")
+    from recbole_fofa.trainer.trainer import search_table
+
+    trainer, valid_data, test_data = searching_trainer(args.checkpoint, config_flags(rest))
+    result = trainer.search(valid_data, test_data)
+    print(f"\nsubnet search ({result.strategy}, {result.space} space) of {args.checkpoint}")
+    print(search_table(result, trainer.config["search_metric"]))
+    print(f"written to {trainer.search_result_file}")
+    return result

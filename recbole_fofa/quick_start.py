@@ -15,6 +15,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_fofa import compat
+from recbole_fofa.checks import MODEL_CHECKS, check_keys, check_metrics
 from recbole_fofa.config import Config
 from recbole_fofa.data_check import check_split
 from recbole_fofa.utils import get_model, get_trainer
@@ -73,6 +74,8 @@ def run_recbole_fofa(
     )
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if config["search_budgets"] is not None:  # the subnet search of the trained supernet
+        trainer.search(valid_data, test_data, show_progress=config["show_progress"])
     result = {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
@@ -140,11 +143,17 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return {"model": (config_dict or {}).get("model"), **result}
 
 
-def load_data_and_model(model_file):
-    """Rebuild config, model (best weights), dataset and dataloaders from a plugin checkpoint."""
+def load_data_and_model(model_file, config_dict=None):
+    """Rebuild config, model (best weights), dataset and dataloaders from a plugin checkpoint.
+
+    ``config_dict`` overrides keys of the saved config that do not change the model or the data
+    split (:data:`RELOAD_OVERRIDABLE`: the search keys, evaluation batch size, metrics, ...); it is
+    checked like any config before the dataset loads.
+    """
     checkpoint = compat.torch_load_trusted(model_file)
     config = checkpoint["config"]
     config.compatibility_settings()  # an unpickled Config skipped the numpy aliases of __init__
+    apply_overrides(config, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     _fresh_logger(config)
     data = create_dataset(config)
@@ -155,6 +164,55 @@ def load_data_and_model(model_file):
     net.load_state_dict(checkpoint["state_dict"])
     net.load_other_parameter(checkpoint.get("other_parameter"))
     return config, net, data, train_data, valid_data, test_data
+
+
+#: Keys a reloaded checkpoint's config may change: none of them alters the model's weights or
+#: the data split, so the reloaded model is the saved one.
+RELOAD_OVERRIDABLE = frozenset(
+    [key for key in MODEL_CHECKS["ForwardOFA"] if key.startswith("search_")]
+    + ["width_choices", "head_choices", "compound_widths", "compound_heads", "eval_batch_size",
+       "show_progress", "state", "checkpoint_dir", "metrics", "topk", "metric_decimal_place",
+       "valid_metric"]
+)
+
+
+def apply_overrides(config, overrides):
+    """Set ``overrides`` (``{key: value}``) on a loaded ``config`` and check the result; keys
+    outside :data:`RELOAD_OVERRIDABLE` are refused, naming them."""
+    overrides = dict(overrides or {})
+    refused = sorted(set(overrides) - RELOAD_OVERRIDABLE)
+    if refused:
+        raise ValueError(
+            f"config keys {refused} cannot change on a saved checkpoint (they define its model "
+            f"or data); allowed: {', '.join(sorted(RELOAD_OVERRIDABLE))}"
+        )
+    for key, value in overrides.items():
+        config[key] = value
+    if overrides:
+        check_keys(config, config["model"])
+        check_metrics(config)
+    return config
+
+
+def search_checkpoint(model_file, budgets=None, config_dict=None, show_progress=None):
+    """Run the subnet search on a saved ForwardOFA checkpoint; returns the ``SearchResult``
+    (also written to ``<checkpoint_dir>/<model>-<dataset>-search.json``).
+
+    ``budgets`` defaults to the config's ``search_budgets``; ``config_dict`` overrides search
+    keys (see :func:`load_data_and_model`).
+    """
+    trainer, valid_data, test_data = searching_trainer(model_file, config_dict)
+    return trainer.search(valid_data, test_data, budgets, show_progress=show_progress)
+
+
+def searching_trainer(model_file, config_dict=None):
+    """(ForwardOFATrainer of the reloaded checkpoint, valid data, test data)."""
+    config, net, _, _, valid_data, test_data = load_data_and_model(model_file, config_dict)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if not hasattr(trainer, "search"):
+        raise ValueError(f"{model_file} holds a {config['model']} model: only ForwardOFA "
+                         "checkpoints can be searched")
+    return trainer, valid_data, test_data
 
 
 def results_table(result):

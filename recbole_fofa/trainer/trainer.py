@@ -1,10 +1,13 @@
-"""ForwardOFATrainer: supernet stage, then controller + mapper stage, on RecBole's Trainer."""
+"""ForwardOFATrainer: supernet stage, then controller + mapper stage, on RecBole's Trainer; and
+the subnet search for a list of device budgets (:meth:`ForwardOFATrainer.search`)."""
 
 import math
+import os
+import time
 
 from recbole.utils import set_color
 
-from recbole_fofa import compat
+from recbole_fofa import checks, compat
 from recbole_fofa.trainer.base import Trainer
 
 
@@ -23,6 +26,12 @@ class ForwardOFATrainer(Trainer):
         self.supernet_epochs = config["supernet_epochs"]
         self.adapt_epochs = config["epochs"]
         self._enter_stage(model.stage)  # a trained (or reloaded) model keeps its stage
+        if config["search_space"] not in (None, "block"):
+            # the supernet stage trains the sub-networks the search may pick; 'block' keeps the
+            # model's own block-mask sampling, exactly as before the search existed
+            from recbole_fofa.search import build_space
+
+            model.subnet_space = build_space(config, model.shape)
 
     # ------------------------------------------------------------------ stages
     def _enter_stage(self, stage):
@@ -81,6 +90,95 @@ class ForwardOFATrainer(Trainer):
             )
         return losses
 
+    # ------------------------------------------------------------------ subnet search
+    @property
+    def search_result_file(self):
+        """``<checkpoint_dir>/<model>-<dataset>-search.json``."""
+        name = f"{self.config['model']}-{self.config['dataset']}-search.json"
+        return os.path.join(self.config["checkpoint_dir"], name)
+
+    def search(self, valid_data, test_data=None, budgets=None, show_progress=None):
+        """The best fixed sub-network for each budget, by valid ``search_metric``; a
+        :class:`~recbole_fofa.search.SearchResult`, also written to :attr:`search_result_file`.
+
+        ``budgets`` (default ``search_budgets``): fractions of the full encoder or ``"400K
+        MACs"`` strings. The space, strategy, estimator and evolution settings come from the
+        ``search_*`` keys (docs/search.md). Each budget's sub-network is then evaluated with
+        RecBole's evaluator on the full valid split and on ``test_data`` (every configured
+        metric, MACs included), and so is the per-user controller at that budget
+        (``model.budget``), for comparison at equal cost. Uses the model as it is (no checkpoint
+        is loaded).
+        """
+        from recbole_fofa.search import SearchSettings, build_space
+        from recbole_fofa.search import search as run_search
+        from recbole_fofa.search.estimator import SubnetEstimator
+
+        config, model = self.config, getattr(self.model, "module", self.model)
+        show_progress = config["show_progress"] if show_progress is None else show_progress
+        budgets = config["search_budgets"] if budgets is None else list(budgets)
+        if budgets is None:
+            raise ValueError("no budgets to search: set config key `search_budgets` (e.g. "
+                             "[0.3, 0.6, 1.0]) or pass budgets=[...]")
+        checks.MODEL_CHECKS["ForwardOFA"]["search_budgets"]("search_budgets", budgets)
+        requested = {model.shape.budget_macs(b, "search_budgets"): b for b in budgets}
+        seed = config["search_seed"] if config["search_seed"] is not None else config["seed"]
+        space = build_space(config, model.shape)
+        estimator = SubnetEstimator(self, valid_data, config["search_metric"],
+                                    config["search_eval_users"], seed)
+        self.logger.info(
+            set_color("subnet search", "blue") + f": {len(budgets)} budgets, {space.name} space "
+            f"({space.size():,} sub-networks), strategy {config['search_strategy']}, "
+            f"{config['search_metric']} on {estimator.users} valid users"
+        )
+        start = time.perf_counter()
+        if config["search_predictor"]:
+            estimator.fit_predictor(space, config["search_predictor_samples"],
+                                    config["search_predictor_min_rank_corr"])
+        result = run_search(space, estimator, list(requested), config["search_strategy"],
+                            SearchSettings.from_config(config), seed, progress=show_progress)
+        search_seconds = time.perf_counter() - start
+        result.budgets = [
+            self._evaluate_budget(entry, requested[entry.budget_macs], valid_data, test_data)
+            for entry in result.budgets
+        ]
+        path = result.to_json(self.search_result_file)
+        self.search_estimator = estimator
+        self.logger.info(
+            set_color("subnet search", "blue") + f": {result.strategy} took "
+            f"{search_seconds:.2f}s, {estimator.evaluations} valid evaluations "
+            f"({estimator.seconds:.2f}s of them); written to {path}\n"
+            + search_table(result, config["search_metric"])
+        )
+        return result
+
+    def _evaluate_budget(self, entry, budget, valid_data, test_data):
+        """``entry`` with the searched sub-network's valid and test results and the controller's
+        at the same budget added to its ``extra``."""
+        model = getattr(self.model, "module", self.model)
+        metric = self.config["search_metric"].lower()
+
+        def evaluate(data):
+            if not data:
+                return None
+            return {k: float(v) for k, v in self.evaluate(data, load_best_model=False).items()}
+
+        with model.active_subnet(entry.config):
+            valid, test = evaluate(valid_data), evaluate(test_data)
+        cheapest_block = int(model.shape.block_macs().min())
+        if model.stage != "adapt":
+            controller = {"skipped": f"the model is in stage {model.stage!r}: its structure "
+                                     "controller is not trained"}
+        elif entry.budget_macs < cheapest_block:
+            controller = {"skipped": f"the budget is below one full block ({cheapest_block:,} "
+                                     "MACs), the least the controller can keep"}
+        else:
+            with model.budget(entry.budget_macs):
+                controller_valid, controller_test = evaluate(valid_data), evaluate(test_data)
+            controller = {"valid_score": controller_valid[metric],
+                          "valid_result": controller_valid, "test_result": controller_test}
+        return entry.with_extra(budget=budget, valid_result=valid, test_result=test,
+                                controller=controller)
+
     # ------------------------------------------------------------------ checkpoints
     def resume_checkpoint(self, resume_file):
         checkpoint = compat.torch_load_trusted(resume_file, self.device)
@@ -88,3 +186,15 @@ class ForwardOFATrainer(Trainer):
         if stage != self.model.stage:
             self._enter_stage(stage)  # the optimizer state matches that stage's groups
         super().resume_checkpoint(resume_file)
+
+
+def search_table(result, metric):
+    """The per-budget lines of a search result: the searched sub-network (valid score, test
+    metric, MACs) beside the per-user controller at the same budget."""
+    metric = metric.lower()
+    columns = ["budget", "budget_macs", "config", "macs", "valid_score",
+               f"valid_result.{metric}", f"test_result.{metric}",
+               f"controller.valid_result.{metric}", f"controller.test_result.{metric}",
+               "controller.valid_result.macs", "feasible", "evaluations", "seconds"]
+    present = {key for row in result.table() for key in row}
+    return result.format_table([c for c in columns if c in present])
