@@ -137,6 +137,13 @@ class ForwardOFATrainer(Trainer):
         result = run_search(space, estimator, list(requested), config["search_strategy"],
                             SearchSettings.from_config(config), seed, progress=show_progress)
         search_seconds = time.perf_counter() - start
+        report = estimator.predictor_report
+        result.settings = {  # how quality was measured, beside the evolution settings
+            **result.settings, "metric": config["search_metric"],
+            "eval_users": config["search_eval_users"], "valid_users": estimator.users,
+            "predictor": report.to_dict() if report is not None else None,
+            "search_seconds": search_seconds, "valid_evaluations": estimator.evaluations,
+        }
         result.budgets = [
             self._evaluate_budget(entry, requested[entry.budget_macs], valid_data, test_data)
             for entry in result.budgets
