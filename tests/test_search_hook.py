@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from recbole_fofa import Config, cli, run_recbole_fofa
@@ -237,13 +236,15 @@ def test_cli_searches_a_checkpoint(searched, tmp_path):
         cli.main(["--search"])
 
 
-def test_evolution_with_user_subsample_and_predictor(searched, isolated):
+@pytest.mark.parametrize("min_rank_corr", [-1.0, 1.0])
+def test_evolution_with_user_subsample_and_predictor(searched, isolated, min_rank_corr):
     _, _, _, checkpoint = searched
     overrides = {"search_space": "elastic", "width_choices": [0.5, 1.0], "head_choices": [1, 2],
                  "search_strategy": "bottom_up", "search_population": 8, "search_parents": 2,
                  "search_mutants": 4, "search_crossovers": 4, "search_generations": 4,
                  "search_eval_users": 20, "search_predictor": True,
-                 "search_predictor_samples": 15, "search_predictor_min_rank_corr": -1.0,
+                 "search_predictor_samples": 15,
+                 "search_predictor_min_rank_corr": min_rank_corr,
                  "search_budgets": [0.3, 0.6], "checkpoint_dir": str(isolated)}
     config_obj, model, _, _, valid, test = load_data_and_model(checkpoint, overrides)
     trainer = get_trainer(config_obj["MODEL_TYPE"], config_obj["model"])(config_obj, model)
@@ -253,10 +254,19 @@ def test_evolution_with_user_subsample_and_predictor(searched, isolated):
     report = estimator.predictor_report
     assert report.samples == 15 and report.held_out == 3
     assert math.isfinite(report.spearman) and math.isfinite(report.kendall)
-    assert report.used and hasattr(estimator, "predict")
-    assert result.settings["predictor"]["spearman"] == report.spearman
+    assert result.settings["predictor"] == report.to_dict()
+    assert report.used == (report.spearman >= min_rank_corr) == hasattr(estimator, "predict")
     assert result.strategy == "bottom_up" and result.space == "elastic"
     for entry in result.budgets:
         assert entry.macs <= entry.budget_macs
-    assert estimator.evaluations == len(estimator.cache) >= 15
-    assert np.isfinite([b.valid_score for b in result.budgets]).all()
+        assert entry.valid_score == estimator.cache[entry.config.key]  # measured, always
+    assert estimator.evaluations == len(estimator.cache)
+    assert all(score == estimator.cache[key] for key, (_, _, score) in result.archive.items())
+    if report.used:  # ranked by predictions: only the predictor's samples and the answers ran
+        assert result.settings["ranked_by"] == "predictor"
+        assert result.settings["predictions"] > estimator.evaluations - 15
+        assert estimator.evaluations <= 15 + len(result.budgets)
+        assert all("predicted_score" in entry.extra for entry in result.budgets)
+    else:
+        assert result.settings["ranked_by"] == "measured scores"
+        assert estimator.evaluations > 15

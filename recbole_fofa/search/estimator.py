@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from logging import getLogger
 from typing import Dict, Iterable, List, Sequence
 
@@ -173,6 +173,41 @@ class SubnetEstimator:
         return self.predictor.predict(np.asarray(features, dtype=np.float32))
 
 
+class PredictedQuality:
+    """The estimator the search sees when the predictor is used (OFA's way): every candidate is
+    ranked by its predicted score, with no RecBole evaluation. The configs the search returns
+    are then measured by the real estimator (:meth:`measure`), so reported scores never come
+    from the predictor."""
+
+    def __init__(self, estimator: SubnetEstimator):
+        if not hasattr(estimator, "predict"):
+            raise ValueError("PredictedQuality needs an estimator whose predictor is used "
+                             "(fit_predictor() reported used=True)")
+        self.estimator = estimator
+        self.predictions = 0
+
+    def evaluate(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        configs = list(configs)
+        self.predictions += len(configs)
+        return self.estimator.predict(configs)
+
+    def measure(self, result):
+        """``result`` (a SearchResult ranked on predictions) with every budget's valid score
+        measured (its prediction kept as ``predicted_score``) and the archive reduced to the
+        configs really evaluated, so the Pareto front is a measured one."""
+        measured = []
+        for entry in result.budgets:
+            score = self.estimator.score(entry.config)
+            measured.append(replace(entry, valid_score=score)
+                            .with_extra(predicted_score=entry.valid_score))
+        result.budgets = measured
+        result.archive = {key: (macs, params, self.estimator.cache[key])
+                          for key, (macs, params, _) in result.archive.items()
+                          if key in self.estimator.cache}
+        result.evaluations = self.estimator.evaluations
+        return result
+
+
 def train_predictor(space, configs, scores, min_rank_corr: float, rng: np.random.Generator,
                     seed: int = 0, **predictor_args):
     """(predictor, :class:`PredictorReport`): an :class:`AccuracyPredictor` fitted on a random
@@ -307,5 +342,6 @@ class AccuracyPredictor:
                 float(stats.kendalltau(predicted, scores).statistic))
 
 
-__all__ = ["AccuracyPredictor", "PredictorReport", "SubnetEstimator", "distinct_samples",
+__all__ = ["AccuracyPredictor", "PredictedQuality", "PredictorReport", "SubnetEstimator",
+           "distinct_samples",
            "n_users_of", "rows_loader", "subsample_users", "train_predictor"]

@@ -111,7 +111,7 @@ class ForwardOFATrainer(Trainer):
         """
         from recbole_fofa.search import SearchSettings, build_space
         from recbole_fofa.search import search as run_search
-        from recbole_fofa.search.estimator import SubnetEstimator
+        from recbole_fofa.search.estimator import PredictedQuality, SubnetEstimator
 
         config, model = self.config, getattr(self.model, "module", self.model)
         show_progress = config["show_progress"] if show_progress is None else show_progress
@@ -131,17 +131,24 @@ class ForwardOFATrainer(Trainer):
             f"{config['search_metric']} on {estimator.users} valid users"
         )
         start = time.perf_counter()
+        quality = estimator
         if config["search_predictor"]:
             estimator.fit_predictor(space, config["search_predictor_samples"],
                                     config["search_predictor_min_rank_corr"])
-        result = run_search(space, estimator, list(requested), config["search_strategy"],
+            if estimator.predictor_report.used:
+                quality = PredictedQuality(estimator)  # rank by predictions, then measure
+        result = run_search(space, quality, list(requested), config["search_strategy"],
                             SearchSettings.from_config(config), seed, progress=show_progress)
+        if quality is not estimator:
+            result = quality.measure(result)
         search_seconds = time.perf_counter() - start
         report = estimator.predictor_report
         result.settings = {  # how quality was measured, beside the evolution settings
             **result.settings, "metric": config["search_metric"],
             "eval_users": config["search_eval_users"], "valid_users": estimator.users,
             "predictor": report.to_dict() if report is not None else None,
+            "ranked_by": "predictor" if quality is not estimator else "measured scores",
+            "predictions": getattr(quality, "predictions", 0),
             "search_seconds": search_seconds, "valid_evaluations": estimator.evaluations,
         }
         result.budgets = [
