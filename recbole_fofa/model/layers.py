@@ -94,6 +94,10 @@ class AdaptiveFeedForward(FeedForward):
     ``FeedForward``.
     """
 
+    def __init__(self, hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps):
+        super().__init__(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+        self.hidden_act = hidden_act  # the name, for extraction into plain layers
+
     @property
     def inner_size(self) -> int:
         return self.dense_1.out_features
