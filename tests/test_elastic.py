@@ -294,6 +294,7 @@ def test_evaluation_costs_under_active_subnet_equal_shape_cost(elastic, cfg):
 def test_budget_sets_device_budget_temporarily(elastic):
     model, _, batch = _adapt_fixture(elastic)
     block = int(model.shape.block_macs()[0])
+    assert model.controller_min_macs == block
     assert model.device_budget is None
     with model.budget(block) as same:
         assert same is model and model.device_budget == block

@@ -135,7 +135,7 @@ class ForwardOFA(SequentialRecommender):
         if budget is None:
             return None
         macs = self.shape.budget_macs(budget, "device_budget")
-        cheapest = int(self.shape.block_macs().min())
+        cheapest = self.controller_min_macs
         if macs < cheapest:
             raise ValueError(
                 f"config key `device_budget` = {budget!r} is below the cheapest sub-network: one "
@@ -279,6 +279,11 @@ class ForwardOFA(SequentialRecommender):
         finally:
             self._active = None
 
+    @property
+    def controller_min_macs(self):
+        """The smallest budget the per-user controller can meet: one full block's MACs."""
+        return int(self.shape.block_macs().min())
+
     @contextlib.contextmanager
     def budget(self, macs):
         """Apply a per-user encoder budget to the controller inside the ``with`` block
@@ -303,7 +308,7 @@ class ForwardOFA(SequentialRecommender):
         if isinstance(macs, bool) or not isinstance(macs, Real) or not math.isfinite(macs):
             raise ValueError(f"budget(): expected MACs (a number), a string such as "
                              f"'400K MACs', or None; got {macs!r}")
-        cheapest = int(self.shape.block_macs().min())
+        cheapest = self.controller_min_macs
         if macs < cheapest:
             raise ValueError(
                 f"budget({macs!r}): the per-user controller drops whole blocks and one block costs "
