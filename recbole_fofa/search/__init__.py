@@ -1,0 +1,1 @@
+"""Subnet search: spaces, strategies, estimator, results and extraction of sub-networks."""
