@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class SearchSettings:
     crossovers: int = 50
     mutation_prob: float = 0.1
     generations: int = 20
-    warm_generations: Optional[int] = None
+    warm_generations: int | None = None
     max_resample: int = 50
     exhaustive_limit: int = 1024
 
@@ -114,9 +114,9 @@ class SearchProgress:
     generations: int
     done: int
     total: int
-    best_score: Optional[float]
+    best_score: float | None
     evaluations: int
-    result: Optional[BudgetResult] = None
+    result: BudgetResult | None = None
 
 
 # ----------------------------------------------------------------------------- the archive
@@ -159,7 +159,7 @@ class _Archive:
                             np.array(self._scores, dtype=np.float64))
         return self._arrays
 
-    def best_within(self, budget: float) -> Optional[int]:
+    def best_within(self, budget: float) -> int | None:
         """Index of the best sub-network with MACs <= budget (ties: fewer MACs, then key)."""
         if not self.configs:
             return None
@@ -237,7 +237,7 @@ class _Run:
             self.archive.add(new, self.costs(new), self.space.params(new), scores)
         return np.array([self.archive.score(c) for c in configs], dtype=np.float64)
 
-    def best(self, budget: float) -> Optional[float]:
+    def best(self, budget: float) -> float | None:
         index = self.archive.best_within(budget)
         return None if index is None else self.archive.entry(index)[3]
 
@@ -252,7 +252,7 @@ class _Run:
         """One config per maker that fits ``budget``: each maker is retried up to
         ``max_resample`` times (all pending slots in one costing call per round), then its last
         draw is repaired."""
-        out: List[Optional[SubnetConfig]] = [None] * len(makers)
+        out: List[SubnetConfig | None] = [None] * len(makers)
         pending, last = list(range(len(makers))), {}
         for _ in range(self.settings.max_resample):
             drawn = [makers[i]() for i in pending]
@@ -545,7 +545,8 @@ def _check_budgets(budgets, space: SearchSpace) -> List[float]:
     try:
         values = list(budgets)
     except TypeError:
-        raise ValueError(f"search_budgets must be a list of budgets in MACs, got {budgets!r}")
+        raise ValueError(
+            f"search_budgets must be a list of budgets in MACs, got {budgets!r}") from None
     if not values:
         raise ValueError("search_budgets is empty: give at least one budget")
     out = []
@@ -583,7 +584,7 @@ def _tqdm_progress():
 
 
 def search(space: SearchSpace, estimator, budgets: Sequence[float], strategy: str = "auto",
-           settings: Optional[SearchSettings] = None, seed: Optional[int] = 0,
+           settings: SearchSettings | None = None, seed: int | None = 0,
            progress: Union[None, bool, Callable[[SearchProgress], None]] = None) -> SearchResult:
     """The best sub-network of ``space`` for each budget (MACs; convert fractions with
     ``space.shape.budget_macs``), by ``estimator.evaluate(list_of_configs) -> scores`` (higher

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 from recbole_fofa.subnet import SubnetConfig
 
@@ -20,7 +20,10 @@ __all__ = ["BudgetResult", "SearchResult", "pareto_front"]
 ArchiveEntry = Tuple[int, int, float]  # (macs, params, score)
 
 
-def pareto_front(points: Iterable[Tuple[str, int, int, float]]) -> List[Tuple[str, int, int, float]]:
+Point = Tuple[str, int, int, float]  # (key, macs, params, score)
+
+
+def pareto_front(points: Iterable[Point]) -> List[Point]:
     """The points ``(key, macs, params, score)`` that no other point dominates (no more MACs and
     at least the score, one of them strictly), in ascending MACs, so the score rises strictly
     along it. Of equal (MACs, score) points the one with the smallest key stands for them."""
@@ -121,7 +124,7 @@ class SearchResult:
     archive: Dict[str, ArchiveEntry]
     evaluations: int = 0
     seconds: float = 0.0
-    seed: Optional[int] = None
+    seed: int | None = None
     requested_strategy: str = ""
     reason: str = ""
     space_options: Dict[str, Any] = field(default_factory=dict)
@@ -142,7 +145,7 @@ class SearchResult:
         """Non-dominated ``(key, macs, params, score)`` of the archive, ascending MACs."""
         return pareto_front((k, *v) for k, v in self.archive.items())
 
-    def best_within(self, budget_macs: float) -> Optional[Tuple[str, int, int, float]]:
+    def best_within(self, budget_macs: float) -> Tuple[str, int, int, float] | None:
         """The best archived ``(key, macs, params, score)`` with at most ``budget_macs``."""
         fitting = [p for p in self.pareto_front() if p[1] <= budget_macs]
         return fitting[-1] if fitting else None
@@ -205,7 +208,7 @@ class SearchResult:
             rows.append(row)
         return rows
 
-    def format_table(self, columns: Optional[Sequence[str]] = None, digits: int = 4) -> str:
+    def format_table(self, columns: Sequence[str] | None = None, digits: int = 4) -> str:
         """The :meth:`table` as aligned text (all columns, or ``columns``)."""
         rows = self.table()
         if columns is None:

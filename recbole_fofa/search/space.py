@@ -12,7 +12,7 @@ operator keeps them valid by construction. The search never branches on the spac
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -75,14 +75,14 @@ class SearchSpace:
         self.n_blocks = int(shape.n_blocks)
         self.n_options = int(n_options)
         self.exhaustive_limit = int(exhaustive_limit)
-        self._extremes: Optional[Tuple[SubnetConfig, SubnetConfig]] = None
+        self._extremes: Tuple[SubnetConfig, SubnetConfig] | None = None
         # Operators run thousands of times per generation: configs and genotypes are memoised
         # (a SubnetConfig hashes by value, so it is its own cache key).
         self._configs: Dict[Tuple[int, ...], SubnetConfig] = {}
         self._genotypes: Dict[SubnetConfig, np.ndarray] = {}
         self._block_costs: Dict[Tuple[int, int], Tuple[int, int]] = {}
         self._config_costs: Dict[SubnetConfig, Tuple[int, int]] = {}
-        self._fixed_params: Optional[int] = None
+        self._fixed_params: int | None = None
 
     # ------------------------------------------------------------------ space-specific
     def _make(self, genes: Tuple[int, ...]) -> SubnetConfig:
@@ -153,7 +153,7 @@ class SearchSpace:
         """Number of distinct sub-networks (every genotype but the all-dropped one)."""
         return self.n_options**self.n_blocks - 1
 
-    def enumerate(self, limit: Optional[int] = None) -> List[SubnetConfig]:
+    def enumerate(self, limit: int | None = None) -> List[SubnetConfig]:
         """Every sub-network of the space; ValueError when there are more than ``limit``
         (default: the space's ``search_exhaustive_limit``)."""
         limit = self.exhaustive_limit if limit is None else int(limit)
@@ -292,7 +292,7 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ repair
     def repair(self, config: SubnetConfig, budget_macs: float,
-               quality_fn: Optional[QualityFn] = None) -> SubnetConfig:
+               quality_fn: QualityFn | None = None) -> SubnetConfig:
         """A config of this space that fits ``budget_macs``, shrunk greedily from ``config``.
 
         ``config`` is never changed (it is frozen; the result is a new value). Each step moves to
