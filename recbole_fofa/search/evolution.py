@@ -424,7 +424,10 @@ def _top_down(run: _Run):
             # A new value: the stored result of the larger budget is never touched.
             seed = run.space.repair(SubnetConfig(previous.widths, previous.heads), budget,
                                     quality_fn=run.evaluate)
-            seeds = [seed] + run.mutants([seed], s.population - 1, budget)
+            # Diversity: the previous parents repaired (by cost) and mutants of the seed.
+            others = [run.repair(c, budget) for c in population or []][: s.parents - 1]
+            seeds = [seed] + others
+            seeds += run.mutants([seed], s.population - len(seeds), budget)
         if population is None:
             population = seeds + run.samples(s.population - len(seeds), budget)
             generations = s.generations
@@ -434,6 +437,7 @@ def _top_down(run: _Run):
             generations = s.warm
         run.evaluate(population)
         population, curve = run.evolve(budget, population, generations)
+        population = run.top(population, s.parents)
         previous = run.finish(budget, curve, generations).config
 
 
