@@ -7,12 +7,23 @@ structure. Adapting to a device is one forward pass: no gradient step ever runs 
 
 Two stages (driven by :class:`recbole_fofa.trainer.ForwardOFATrainer` through :attr:`stage`):
 
-* ``supernet``: every step trains the full network plus sampled sub-networks (OFA's sandwich:
-  the smallest allowed, a single block, and random ones), distilling the full network's scores
-  into the sub-networks so that any block can be left out;
+* ``supernet``: every step trains the largest network plus sampled sub-networks (OFA's sandwich:
+  the smallest, then random ones), distilling the largest network's scores into the sub-networks.
+  Without a :attr:`ForwardOFA.subnet_space` the sub-networks are block masks (the largest is the
+  full network, the smallest one random block); with one (an elastic or compound search space)
+  they are that space's configs, widths and heads included, so every sub-network a search may
+  pick was trained;
 * ``adapt``: controller + mapper (and the backbone at a scaled learning rate) under
   ``rec_loss + sparsity_weight * sum_l(cost_l * p_l) / sum_l(cost_l)``.
+
+For the subnet search, :meth:`ForwardOFA.active_subnet` scores every user with one fixed
+:class:`~recbole_fofa.subnet.SubnetConfig` and :meth:`ForwardOFA.budget` applies a per-user budget
+to the controller, both for the duration of a ``with`` block.
 """
+
+import contextlib
+import math
+from numbers import Real
 
 import numpy as np
 import torch
@@ -32,7 +43,7 @@ from recbole_fofa.model.layers import (
     repair_to_budget,
     run_blocks,
 )
-from recbole_fofa.subnet import SupernetShape
+from recbole_fofa.subnet import SubnetConfig, SupernetShape
 
 STAGES = ("supernet", "adapt")
 
@@ -97,7 +108,13 @@ class ForwardOFA(SequentialRecommender):
         # A new model starts where training starts; a loaded one keeps its saved stage.
         self.stage = "supernet" if config["supernet_epochs"] > 0 else "adapt"
         self.tau = config["tau_start"]
-        self.other_parameter_name = ["stage"]
+        # Supernet steps taken so far: with a subnet_space, step t samples from rng(seed, t), and
+        # a resumed run continues the sequence.
+        self.supernet_step = 0
+        self.sample_seed = int(config["seed"])
+        self.other_parameter_name = ["stage", "supernet_step"]
+        self._subnet_space = None
+        self._active = None  # the SubnetConfig inside `active_subnet`
         self._eval_masks = None  # a list while an evaluation records per-user structures
         self.reset_train_stats()
         self.apply(self._init_weights)
@@ -118,7 +135,7 @@ class ForwardOFA(SequentialRecommender):
         if budget is None:
             return None
         macs = self.shape.budget_macs(budget, "device_budget")
-        cheapest = int(self.shape.block_macs().min())
+        cheapest = self.controller_min_macs
         if macs < cheapest:
             raise ValueError(
                 f"config key `device_budget` = {budget!r} is below the cheapest sub-network: one "
@@ -152,8 +169,10 @@ class ForwardOFA(SequentialRecommender):
         recent, recent_len = last_k(item_seq, item_seq_len, self.rt_len)
         return self.controller(self.item_embedding(recent), recent_len)
 
-    def encode(self, item_seq, item_seq_len, mask, soft, gen=None):
-        """User representations [B, d] through the blocks that ``mask`` keeps."""
+    def encode(self, item_seq, item_seq_len, mask, soft, gen=None, widths=None, heads=None):
+        """User representations [B, d] through the blocks that ``mask`` ([B, n] or batch-wide
+        [n]) keeps, kept block l at feed-forward width ``widths[l]`` with ``heads[l]`` heads
+        (None: full)."""
         hidden = run_blocks(
             self.blocks,
             self.embed(item_seq),
@@ -162,8 +181,25 @@ class ForwardOFA(SequentialRecommender):
             gen,
             [self.mapper.factors(block) for block in range(self.n_blocks)],
             soft,
+            widths,
+            heads,
         )
         return self.gather_indexes(hidden, item_seq_len - 1)
+
+    def generated_params(self, z, cfg):
+        """The mapper's per-user parameters for the fixed structure ``cfg`` (behaviour codes z
+        [B, d]), or None in the supernet stage (whose network has no generated parameters)."""
+        if self.stage == "supernet":
+            return None
+        mask = torch.tensor(cfg.mask, dtype=z.dtype, device=z.device).expand(z.size(0), -1)
+        kept = [index for index, keep in enumerate(cfg.mask) if keep]
+        return self.mapper(z, mask, blocks=kept)
+
+    def encode_subnet(self, item_seq, item_seq_len, cfg, gen=None):
+        """User representations [B, d] of every row through the one sub-network ``cfg``: each
+        kept block runs once on the whole batch at its width (no per-row gathers)."""
+        mask = torch.tensor(cfg.mask, dtype=torch.bool, device=item_seq.device)
+        return self.encode(item_seq, item_seq_len, mask, False, gen, cfg.widths, cfg.heads)
 
     def eval_structure(self, item_seq, item_seq_len):
         """Deterministic per-user structure: (z, kept mask [B, n] bool, keep probabilities)."""
@@ -181,6 +217,8 @@ class ForwardOFA(SequentialRecommender):
         evaluation ``adapt``: deterministic structures, only kept blocks run; ``supernet``: the
         full network.
         """
+        if self._active is not None:
+            return self._forward_fixed(item_seq, item_seq_len, self._active)
         if self.stage == "supernet":
             full = torch.ones(item_seq.size(0), self.n_blocks, dtype=torch.bool,
                               device=item_seq.device)
@@ -200,6 +238,101 @@ class ForwardOFA(SequentialRecommender):
         gen = self.mapper(z, mask.to(z.dtype), blocks=kept)
         return self.encode(item_seq, item_seq_len, mask, soft=False, gen=gen)
 
+    def _forward_fixed(self, item_seq, item_seq_len, cfg):
+        """Every row through ``cfg``; in the adapt stage with each user's generated parameters,
+        conditioned on ``cfg``'s mask as the structure vector."""
+        gen = None
+        if self.stage != "supernet":
+            z, _ = self.structure(item_seq, item_seq_len)
+            gen = self.generated_params(z, cfg)
+        if not self.training:
+            batch = item_seq.size(0)
+            mask = torch.tensor(cfg.mask, dtype=torch.bool).expand(batch, -1)
+            self._record(mask, cfg.widths, cfg.heads)
+        return self.encode_subnet(item_seq, item_seq_len, cfg, gen)
+
+    # ------------------------------------------------------------------ fixed structures
+    @property
+    def active_config(self):
+        """The SubnetConfig inside :meth:`active_subnet`, else None."""
+        return self._active
+
+    @contextlib.contextmanager
+    def active_subnet(self, cfg):
+        """Score every user with the fixed sub-network ``cfg`` inside the ``with`` block.
+
+        The mapper still generates each user's parameters (adapt stage), conditioned on ``cfg``'s
+        mask; evaluation costs recorded inside report ``cfg``'s cost for every user. The model is
+        restored on exit, also on an error. Nesting is an error (one structure at a time).
+        """
+        if not isinstance(cfg, SubnetConfig):
+            raise TypeError(f"active_subnet() takes a SubnetConfig, got {type(cfg).__name__}")
+        self.shape.validate(cfg)
+        if self._active is not None:
+            raise RuntimeError(
+                f"active_subnet({cfg.key}) inside active_subnet({self._active.key}): nesting is "
+                "not supported; leave the outer block first"
+            )
+        self._active = cfg
+        try:
+            yield self
+        finally:
+            self._active = None
+
+    @property
+    def controller_min_macs(self):
+        """The smallest budget the per-user controller can meet: one full block's MACs."""
+        return int(self.shape.block_macs().min())
+
+    @contextlib.contextmanager
+    def budget(self, macs):
+        """Apply a per-user encoder budget to the controller inside the ``with`` block
+        (``device_budget`` is restored on exit, also on an error; nesting works).
+
+        ``macs``: MACs as a number, a string with a unit (``"400K MACs"``), or None (no budget).
+        A fraction of the full encoder is converted first with ``model.shape.budget_macs(f)``.
+        The controller drops whole blocks, so the budget must cover one full block.
+        """
+        previous = self.device_budget
+        self.device_budget = self._budget_in_macs(macs)
+        try:
+            yield self
+        finally:
+            self.device_budget = previous
+
+    def _budget_in_macs(self, macs):
+        if macs is None:
+            return None
+        if isinstance(macs, str):
+            return self._budget_macs(macs)
+        if isinstance(macs, bool) or not isinstance(macs, Real) or not math.isfinite(macs):
+            raise ValueError(f"budget(): expected MACs (a number), a string such as "
+                             f"'400K MACs', or None; got {macs!r}")
+        cheapest = self.controller_min_macs
+        if macs < cheapest:
+            raise ValueError(
+                f"budget({macs!r}): the per-user controller drops whole blocks and one block costs "
+                f"{cheapest:,} MACs, so budgets below that are infeasible for it (budget() takes "
+                "MACs; convert a fraction with model.shape.budget_macs(fraction))"
+            )
+        return float(macs)
+
+    # ------------------------------------------------------------------ sub-network sampling
+    @property
+    def subnet_space(self):
+        """The space the supernet stage samples from (None: block masks, the default)."""
+        return self._subnet_space
+
+    @subnet_space.setter
+    def subnet_space(self, space):
+        if space is not None:
+            missing = [m for m in ("largest", "smallest", "sample") if not hasattr(space, m)]
+            if missing:
+                raise TypeError(f"subnet_space must have largest(), smallest() and sample(rng); "
+                                f"{type(space).__name__} lacks {missing}")
+            self.shape.validate(space.largest())
+            self.shape.validate(space.smallest())
+        self._subnet_space = space
     # ------------------------------------------------------------------ losses
     def _scores(self, seq_output):
         return seq_output @ self.item_embedding.weight.t()
@@ -215,6 +348,11 @@ class ForwardOFA(SequentialRecommender):
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        if self._active is not None:
+            raise RuntimeError(
+                f"calculate_loss() inside active_subnet({self._active.key}): training steps "
+                "sample their own structures; leave the active_subnet block to train"
+            )
         if self.stage == "supernet":
             return self._supernet_loss(interaction, item_seq, item_seq_len)
         seq_output = self.forward(item_seq, item_seq_len)
@@ -224,9 +362,30 @@ class ForwardOFA(SequentialRecommender):
         self._train_sparsity_sum += float(sparsity_loss.detach())
         return rec_loss, sparsity_loss
 
-    def sample_subnets(self):
-        """Batch-wide block masks for one sandwich step: the smallest (one random block), then
-        random ones (each block kept with probability 1/2, at least one)."""
+    def largest_subnet(self):
+        """The supernet stage's teacher: the space's largest config, or the full network."""
+        space = self._subnet_space
+        return self.shape.full() if space is None else space.largest()
+
+    def sample_subnets(self, step=None):
+        """``supernet_subnets`` SubnetConfigs for one sandwich step: the smallest, then random.
+
+        Without a subnet_space: block masks from torch's global generator (as before configs
+        existed): the smallest is one random block, the others keep each block with probability
+        1/2 (at least one). With one: ``space.smallest()``, then ``space.sample(rng)`` with a
+        numpy generator seeded by (seed, ``step``; default: the current supernet step), so a step
+        samples the same configs whenever it runs.
+        """
+        space = self._subnet_space
+        if space is None:
+            return [self.shape.from_mask(mask.tolist()) for mask in self._sample_masks()]
+        step = self.supernet_step if step is None else int(step)
+        rng = np.random.default_rng([self.sample_seed, step])
+        configs = [space.smallest() if index == 0 else space.sample(rng)
+                   for index in range(self.supernet_subnets)]
+        return [self.shape.validate(cfg) for cfg in configs]
+
+    def _sample_masks(self):
         masks = []
         for index in range(self.supernet_subnets):
             if index == 0:
@@ -236,17 +395,17 @@ class ForwardOFA(SequentialRecommender):
                 mask = torch.rand(self.n_blocks) < 0.5
                 if not mask.any():
                     mask[torch.randint(self.n_blocks, (1,))] = True
-            masks.append(mask.to(self.block_costs.device))
+            masks.append(mask)
         return masks
 
     def _supernet_loss(self, interaction, item_seq, item_seq_len):
-        batch = item_seq.size(0)
-        every_block = torch.ones(batch, self.n_blocks, dtype=torch.bool, device=item_seq.device)
-        full = self.encode(item_seq, item_seq_len, every_block, soft=False)
+        step = self.supernet_step
+        self.supernet_step += 1
+        full = self.encode_subnet(item_seq, item_seq_len, self.largest_subnet())
         loss = self._rec_loss(full, interaction)
         teacher = F.softmax(self._scores(full).detach(), dim=-1) if self.distill_weight else None
-        for mask in self.sample_subnets():
-            sub = self.encode(item_seq, item_seq_len, mask.expand(batch, -1), soft=False)
+        for cfg in self.sample_subnets(step):
+            sub = self.encode_subnet(item_seq, item_seq_len, cfg)
             loss = loss + self._rec_loss(sub, interaction)
             if teacher is not None:
                 log_student = F.log_softmax(self._scores(sub), dim=-1)
@@ -280,9 +439,16 @@ class ForwardOFA(SequentialRecommender):
         """Mean kept blocks per training sample since the last reset (adapt stage)."""
         return self._train_kept_sum / max(self._train_rows, 1)
 
-    def _record(self, mask):
+    def _record(self, mask, widths=None, heads=None):
+        """Keep each evaluated row's structure: mask [B, n] and, for a fixed sub-network, its
+        per-block widths and heads (default: full)."""
         if self._eval_masks is not None:
-            self._eval_masks.append(mask.cpu())
+            rows = (mask.size(0), self.n_blocks)
+            width = self.inner_size if widths is None else np.asarray(widths, dtype=np.int64)
+            head = self.n_heads if heads is None else np.asarray(heads, dtype=np.int64)
+            self._eval_masks.append(
+                (mask.cpu(), np.broadcast_to(width, rows), np.broadcast_to(head, rows))
+            )
 
     def reset_evaluation_costs(self):
         """Start recording each evaluated user's structure (plugin trainers call it in evaluate)."""
@@ -299,9 +465,11 @@ class ForwardOFA(SequentialRecommender):
                 "ForwardOFA.evaluation_costs(): no evaluated users were recorded; call "
                 "reset_evaluation_costs() before evaluating"
             )
-        masks = torch.cat(self._eval_masks).numpy()
-        self._eval_masks = None
-        breakdown = cost.forward_ofa_cost(self.shape, masks)
+        records, self._eval_masks = self._eval_masks, None
+        masks = torch.cat([mask for mask, _, _ in records]).numpy()
+        widths = np.concatenate([w for _, w, _ in records])
+        heads = np.concatenate([h for _, _, h in records])
+        breakdown = cost.forward_ofa_cost(self.shape, masks, widths, heads)
         return {
             "macs": breakdown.encoder_macs,
             "params": breakdown.encoder_params,

@@ -14,8 +14,13 @@ Why parallel mapper heads: blocks are shared by users with different paths, and 
 receive conflicting gradients. With one independent head per block, the loss reaching block ``l``'s
 generated parameters only updates head ``l``; a shared head would mix the gradients of all blocks.
 
+Elastic blocks: a kept block may run at a smaller feed-forward width ``w`` (its first ``w`` units)
+and with fewer heads ``h`` (its first ``h`` heads), the mapper's low-rank factors sliced to match;
+at full width it is exactly RecBole's block. The slices are defined once, in ``sliced_weights`` of
+:class:`ElasticMultiHeadAttention` and :class:`AdaptiveFeedForward`, and extraction reuses them.
+
 Everything here is plain torch (no RecBole ``Config``); the attention and feed-forward layers are
-RecBole's own (``recbole.model.layers``), so state dicts match ``TransformerLayer``.
+RecBole's own (``recbole.model.layers``) subclassed, so state dicts match ``TransformerLayer``.
 """
 
 import math
@@ -64,42 +69,119 @@ def _low_rank(x: torch.Tensor, v: torch.Tensor, g: torch.Tensor, u: torch.Tensor
     return c @ u.t()
 
 
+def _check_slice(what: str, value: int, full: int) -> None:
+    if isinstance(value, bool) or not 1 <= int(value) <= full:
+        raise ValueError(f"{what} must be an integer in [1, {full}], got {value!r}")
+
+
+def slice_factors(factors: Optional[Factors], width: int) -> Optional[Factors]:
+    """Low-rank factors of a feed-forward at width ``width``: ``u1[:w]`` and ``v2[:, :w]``."""
+    if factors is None:
+        return None
+    u1, v1, u2, v2 = factors
+    if width == u1.size(0):
+        return factors
+    return u1[:width], v1, u2, v2[:, :width]
+
+
 class AdaptiveFeedForward(FeedForward):
-    """RecBole's ``FeedForward`` whose weights and LayerNorm affine can be shifted per sample.
+    """RecBole's ``FeedForward`` whose weights and LayerNorm affine can be shifted per sample,
+    run at any width (its first ``width`` units).
 
     With ``gen`` (a ``BlockParams``) and ``factors`` (u1 [d_ff, r], v1 [r, d], u2 [d, r],
     v2 [r, d_ff]) sample b uses ``W1 + u1 g1[b] v1``, ``W2 + u2 g2[b] v2`` and LayerNorm affine
-    ``(weight + ln_scale[b], bias + ln_shift[b])``. With ``gen=None`` it is exactly ``FeedForward``.
+    ``(weight + ln_scale[b], bias + ln_shift[b])``. With ``gen=None`` at full width it is exactly
+    ``FeedForward``.
     """
+
+    def __init__(self, hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps):
+        super().__init__(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+        self.hidden_act = hidden_act  # the name, for extraction into plain layers
+
+    @property
+    def inner_size(self) -> int:
+        return self.dense_1.out_features
+
+    def sliced_weights(self, width: Optional[int] = None):
+        """(W1 [w, d], b1 [w], W2 [d, w], b2 [d]) of the first ``width`` units (views)."""
+        width = self.inner_size if width is None else width
+        _check_slice("feed-forward width", width, self.inner_size)
+        d1, d2 = self.dense_1, self.dense_2
+        if width == self.inner_size:
+            return d1.weight, d1.bias, d2.weight, d2.bias
+        return d1.weight[:width], d1.bias[:width], d2.weight[:, :width], d2.bias
 
     def forward(
         self,
         input_tensor: torch.Tensor,
         gen: Optional[BlockParams] = None,
         factors: Optional[Factors] = None,
+        width: Optional[int] = None,
     ) -> torch.Tensor:
-        if gen is None:
+        full = width is None or width == self.inner_size
+        if gen is None and full:
             return super().forward(input_tensor)
-        if factors is None:
+        if gen is not None and factors is None:
             raise ValueError("AdaptiveFeedForward: `gen` was given without low-rank `factors`")
-        u1, v1, u2, v2 = factors
-        hidden = self.dense_1(input_tensor) + _low_rank(input_tensor, v1, gen.g1, u1)
+        w1, b1, w2, b2 = self.sliced_weights(width)
+        hidden = F.linear(input_tensor, w1, b1)
+        if gen is not None:
+            u1, v1, u2, v2 = slice_factors(factors, w1.size(0))
+            hidden = hidden + _low_rank(input_tensor, v1, gen.g1, u1)
         hidden = self.intermediate_act_fn(hidden)
-        hidden = self.dense_2(hidden) + _low_rank(hidden, v2, gen.g2, u2)
-        hidden = self.dropout(hidden)
+        out = F.linear(hidden, w2, b2)
+        if gen is not None:
+            out = out + _low_rank(hidden, v2, gen.g2, u2)
+        out = self.dropout(out)
+        if gen is None:
+            return self.LayerNorm(out + input_tensor)
         ln = self.LayerNorm
-        normed = F.layer_norm(hidden + input_tensor, ln.normalized_shape, eps=ln.eps)
+        normed = F.layer_norm(out + input_tensor, ln.normalized_shape, eps=ln.eps)
         shape = (gen.ln_scale.size(0),) + (1,) * (normed.dim() - 2) + (-1,)
         weight = (ln.weight + gen.ln_scale).view(shape)
         bias = (ln.bias + gen.ln_shift).view(shape)
         return normed * weight + bias
 
 
+class ElasticMultiHeadAttention(MultiHeadAttention):
+    """RecBole's ``MultiHeadAttention`` that can run its first ``heads`` heads only.
+
+    Heads are sliced first-k: the query/key/value projections keep their first
+    ``heads * head_size`` outputs and the output projection the same input columns. With all
+    heads it is exactly RecBole's layer (same state dict, same outputs).
+    """
+
+    def sliced_weights(self, heads: Optional[int] = None):
+        """((Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo)) of the first ``heads`` heads (views)."""
+        heads = self.num_attention_heads if heads is None else heads
+        _check_slice("head count", heads, self.num_attention_heads)
+        a = heads * self.attention_head_size
+        qkv = tuple((lin.weight[:a], lin.bias[:a]) for lin in (self.query, self.key, self.value))
+        return qkv + ((self.dense.weight[:, :a], self.dense.bias),)
+
+    def forward(
+        self, input_tensor: torch.Tensor, attention_mask: torch.Tensor, heads: Optional[int] = None
+    ) -> torch.Tensor:
+        if heads is None or heads == self.num_attention_heads:
+            return super().forward(input_tensor, attention_mask)
+        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = self.sliced_weights(heads)
+        batch, length = input_tensor.shape[:2]
+        split = (batch, length, heads, self.attention_head_size)
+        query = F.linear(input_tensor, wq, bq).view(split).permute(0, 2, 1, 3)
+        key = F.linear(input_tensor, wk, bk).view(split).permute(0, 2, 3, 1)
+        value = F.linear(input_tensor, wv, bv).view(split).permute(0, 2, 1, 3)
+        scores = torch.matmul(query, key) / self.sqrt_attention_head_size + attention_mask
+        probs = self.attn_dropout(self.softmax(scores))
+        context = torch.matmul(probs, value).permute(0, 2, 1, 3).reshape(batch, length, -1)
+        out = self.out_dropout(F.linear(context, wo, bo))
+        return self.LayerNorm(out + input_tensor)
+
+
 class AdaptiveTransformerBlock(nn.Module):
-    """RecBole's ``MultiHeadAttention`` followed by an ``AdaptiveFeedForward``.
+    """An ``ElasticMultiHeadAttention`` followed by an ``AdaptiveFeedForward``.
 
     Attribute names match ``recbole.model.layers.TransformerLayer``, so its state dict loads
-    strictly and, with ``gen=None``, the outputs are identical.
+    strictly and, with ``gen=None`` at full width, the outputs are identical.
     """
 
     def __init__(
@@ -113,12 +195,20 @@ class AdaptiveTransformerBlock(nn.Module):
         layer_norm_eps: float,
     ):
         super().__init__()
-        self.multi_head_attention = MultiHeadAttention(
+        self.multi_head_attention = ElasticMultiHeadAttention(
             n_heads, hidden_size, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps
         )
         self.feed_forward = AdaptiveFeedForward(
             hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps
         )
+
+    @property
+    def inner_size(self) -> int:
+        return self.feed_forward.inner_size
+
+    @property
+    def n_heads(self) -> int:
+        return self.multi_head_attention.num_attention_heads
 
     def forward(
         self,
@@ -126,10 +216,13 @@ class AdaptiveTransformerBlock(nn.Module):
         attention_mask: torch.Tensor,
         gen: Optional[BlockParams] = None,
         factors: Optional[Factors] = None,
+        width: Optional[int] = None,
+        heads: Optional[int] = None,
     ) -> torch.Tensor:
-        """hidden [B, L, d], additive attention_mask [B or 1, 1, L, L] -> [B, L, d]."""
-        attention_output = self.multi_head_attention(hidden, attention_mask)
-        return self.feed_forward(attention_output, gen, factors)
+        """hidden [B, L, d], additive attention_mask [B or 1, 1, L, L] -> [B, L, d], at
+        feed-forward ``width`` and ``heads`` heads (None: full)."""
+        attention_output = self.multi_head_attention(hidden, attention_mask, heads)
+        return self.feed_forward(attention_output, gen, factors, width)
 
 
 def merge_block_params(
@@ -391,35 +484,48 @@ def run_blocks(
     gen_list: Optional[Sequence[Optional[BlockParams]]],
     factors_list: Optional[Sequence[Optional[Factors]]],
     soft: bool,
+    widths: Optional[Sequence[int]] = None,
+    heads: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
-    """Apply the block stack under a per-row keep mask [B, n].
+    """Apply the block stack under a keep mask: per row [B, n], or batch-wide [n].
 
     ``soft`` (controller training): ``h = m_l * block_l(h) + (1 - m_l) * h`` on all rows, so the
     straight-through mask m carries gradients. Otherwise (evaluation, and batch-wide masks in
     supernet training) block l runs only on the rows that keep it (a block kept by no row is never
-    called), which is what a device running only its own sub-model computes.
+    called), which is what a device running only its own sub-model computes; a batch-wide mask
+    runs each kept block once on the whole batch. ``widths`` / ``heads`` (per block, batch-wide;
+    None: full) run kept block l at feed-forward width ``widths[l]`` with ``heads[l]`` heads.
     """
     n = len(blocks)
     gen_list = [None] * n if gen_list is None else gen_list
     factors_list = [None] * n if factors_list is None else factors_list
+    widths = [None] * n if widths is None else widths
+    heads = [None] * n if heads is None else heads
+
+    def call(i, h, att, gen):
+        return blocks[i](h, att, gen, factors_list[i], widths[i], heads[i])
+
     if soft:
         m = mask.to(hidden.dtype)
-        for i, block in enumerate(blocks):
+        for i in range(n):
             keep = m[:, i].view(-1, 1, 1)
-            out = block(hidden, attention_mask, gen_list[i], factors_list[i])
-            hidden = keep * out + (1 - keep) * hidden
+            hidden = keep * call(i, hidden, attention_mask, gen_list[i]) + (1 - keep) * hidden
         return hidden
     mask = mask if mask.dtype == torch.bool else mask > 0.5
+    if mask.dim() == 1:
+        for i in mask.nonzero().flatten().tolist():
+            hidden = call(i, hidden, attention_mask, gen_list[i])
+        return hidden
     batch = hidden.size(0)
-    for i, block in enumerate(blocks):
+    for i in range(n):
         rows = mask[:, i].nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
         if rows.numel() == batch:
-            hidden = block(hidden, attention_mask, gen_list[i], factors_list[i])
+            hidden = call(i, hidden, attention_mask, gen_list[i])
             continue
         sub_mask = attention_mask if attention_mask.size(0) == 1 else attention_mask[rows]
         gen = gen_list[i].index_select(rows) if gen_list[i] is not None else None
-        out = block(hidden.index_select(0, rows), sub_mask, gen, factors_list[i])
+        out = call(i, hidden.index_select(0, rows), sub_mask, gen)
         hidden = hidden.index_copy(0, rows, out)
     return hidden

@@ -1,0 +1,210 @@
+"""Extraction: one sub-network of a trained ForwardOFA as a standalone ``nn.Module``.
+
+:func:`extract` cuts the kept blocks of a :class:`~recbole_fofa.subnet.SubnetConfig` out of the
+supernet at their widths (first-k feed-forward units and heads, the slices the elastic blocks
+use) into plain ``nn.Linear`` / ``nn.LayerNorm`` layers: no mapper, no controller, no dropout.
+
+* Without a user's items it carries the supernet's weights: the sub-model of a device tier.
+* With one user's recent items, that user's generated parameters (the structural mapper's
+  low-rank deltas and LayerNorm shifts, conditioned on the config's mask) are folded into the
+  weights: the Forward-OFA device sub-model of that user. In the supernet stage the model has no
+  generated parameters (as under ``active_subnet``), so both cases give the tier's weights.
+
+Its outputs equal the supernet's under ``model.active_subnet(cfg)``, it exports with
+``torch.export``, and its ``forward`` multiplies exactly the matrices the cost model counts for
+the encoder (``model.shape.cost(cfg).encoder_macs`` per sequence of ``shape.seq_len`` items):
+embedding lookups, LayerNorms, activations, softmax and the final gather count 0 MACs, as in
+:mod:`recbole_fofa.cost`. ``scores`` adds the candidate dot products (``C*d`` per user).
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_fofa.model.layers import slice_factors
+from recbole_fofa.subnet import SubnetConfig
+
+# RecBole FeedForward's activation names -> torch functions computing the same values.
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+
+
+class ExtractedBlock(nn.Module):
+    """One transformer block at a fixed width: ``heads`` heads of ``head_size`` and ``width``
+    feed-forward units, as plain layers (post-LayerNorm residuals, like RecBole's block)."""
+
+    def __init__(self, hidden_size, width, heads, head_size, hidden_act, layer_norm_eps):
+        super().__init__()
+        if hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act={hidden_act!r} cannot be extracted; use one of "
+                             f"{sorted(ACTIVATIONS)}")
+        attn = heads * head_size
+        self.heads, self.head_size, self.width = heads, head_size, width
+        self.hidden_act = hidden_act
+        self.query = nn.Linear(hidden_size, attn)
+        self.key = nn.Linear(hidden_size, attn)
+        self.value = nn.Linear(hidden_size, attn)
+        self.attn_out = nn.Linear(attn, hidden_size)
+        self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dense_1 = nn.Linear(hidden_size, width)
+        self.dense_2 = nn.Linear(width, hidden_size)
+        self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [B, L, d], additive attention_mask [B, 1, L, L] -> [B, L, d]."""
+        batch, length, _ = hidden.shape
+        split = (batch, length, self.heads, self.head_size)
+        query = self.query(hidden).view(split).permute(0, 2, 1, 3)
+        key = self.key(hidden).view(split).permute(0, 2, 3, 1)
+        value = self.value(hidden).view(split).permute(0, 2, 1, 3)
+        scores = torch.matmul(query, key) / math.sqrt(self.head_size) + attention_mask
+        context = torch.matmul(torch.softmax(scores, dim=-1), value)
+        context = context.permute(0, 2, 1, 3).reshape(batch, length, -1)
+        hidden = self.attn_norm(self.attn_out(context) + hidden)
+        inner = ACTIVATIONS[self.hidden_act](self.dense_1(hidden))
+        return self.ffn_norm(self.dense_2(inner) + hidden)
+
+
+class SubnetModel(nn.Module):
+    """A standalone sub-model: embeddings, the kept blocks at their widths, and scoring.
+
+    ``subnet`` is the :class:`SubnetConfig` it was cut with; ``user_specific`` says whether one
+    user's generated parameters are folded in.
+    """
+
+    def __init__(self, subnet, n_items, seq_len, hidden_size, head_size, hidden_act,
+                 layer_norm_eps, user_specific=False):
+        super().__init__()
+        self.subnet = subnet
+        self.user_specific = user_specific
+        self.item_embedding = nn.Embedding(n_items, hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(seq_len, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.blocks = nn.ModuleList(
+            ExtractedBlock(hidden_size, w, h, head_size, hidden_act, layer_norm_eps)
+            for w, h in zip(subnet.widths, subnet.heads)
+            if w
+        )
+
+    @staticmethod
+    def attention_mask(item_seq: torch.Tensor) -> torch.Tensor:
+        """Additive causal mask over non-padding items: [B, 1, L, L], 0 allowed, -1e4 not."""
+        length = item_seq.size(1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()
+        allowed = (item_seq != 0)[:, None, None, :] & causal
+        return torch.where(allowed, 0.0, -10000.0)
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """Right-padded item_seq [B, L] and lengths [B] -> user representations [B, d]."""
+        positions = torch.arange(item_seq.size(1), device=item_seq.device)
+        hidden = self.item_embedding(item_seq) + self.position_embedding(positions)[None]
+        hidden = self.LayerNorm(hidden)
+        mask = self.attention_mask(item_seq)
+        for block in self.blocks:
+            hidden = block(hidden, mask)
+        index = (item_seq_len - 1).view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
+        return hidden.gather(1, index).squeeze(1)
+
+    def scores(self, item_seq, item_seq_len, candidates: Optional[torch.Tensor] = None):
+        """Scores of every item [B, n_items] (like ``full_sort_predict``), of shared candidates
+        (ids [C] -> [B, C]) or of each row's own candidates (ids [B, C] -> [B, C])."""
+        user = self.forward(item_seq, item_seq_len)
+        if candidates is None:
+            return user @ self.item_embedding.weight.t()
+        emb = self.item_embedding(candidates)
+        if candidates.dim() == 1:
+            return user @ emb.t()
+        if candidates.dim() == 2 and candidates.size(0) == user.size(0):
+            return torch.einsum("bd,bcd->bc", user, emb)
+        raise ValueError(f"candidates must be item ids [C] or [B, C] with B = {user.size(0)}, "
+                         f"got shape {tuple(candidates.shape)}")
+
+
+def _user_inputs(item_seq, item_seq_len, device):
+    """One user's right-padded sequence as ([1, T], [1]); the length defaults to its non-pad
+    items."""
+    seq = torch.as_tensor(item_seq, device=device)
+    if seq.dim() == 2 and seq.size(0) == 1:
+        seq = seq[0]
+    if seq.dim() != 1:
+        raise ValueError(f"extract(): item_seq must be ONE user's items, shape [T] or [1, T]; "
+                         f"got shape {tuple(torch.as_tensor(item_seq).shape)}")
+    if item_seq_len is None:
+        length = int((seq != 0).sum())
+    else:
+        length = int(torch.as_tensor(item_seq_len).reshape(-1)[0])
+    if not 1 <= length <= seq.numel():
+        raise ValueError(f"extract(): item_seq_len must be in [1, {seq.numel()}], got {length}")
+    return seq[None], torch.tensor([length], device=device)
+
+
+def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    linear.weight.copy_(weight)
+    linear.bias.copy_(bias)
+
+
+@torch.no_grad()
+def extract(model, cfg: SubnetConfig, item_seq=None, item_seq_len=None) -> SubnetModel:
+    """The sub-network ``cfg`` of ``model`` (a ForwardOFA) as a standalone :class:`SubnetModel`.
+
+    ``item_seq`` (one user's right-padded items, [T] or [1, T]) with optional ``item_seq_len``
+    folds that user's generated parameters in (adapt stage); without it the supernet's weights
+    are used. The result is in eval mode, on the model's device, detached from the model.
+    """
+    if not isinstance(cfg, SubnetConfig):
+        raise TypeError(f"extract() takes a SubnetConfig, got {type(cfg).__name__}")
+    shape = model.shape
+    shape.validate(cfg)
+    device = model.item_embedding.weight.device
+    gen = None
+    if item_seq is not None:
+        seq, length = _user_inputs(item_seq, item_seq_len, device)
+        was_training = model.training
+        model.eval()
+        try:
+            z, _ = model.structure(seq, length)
+            gen = model.generated_params(z, cfg)
+        finally:
+            model.train(was_training)
+    first_ffn = model.blocks[0].feed_forward
+    sub = SubnetModel(
+        cfg, model.item_embedding.num_embeddings, model.position_embedding.num_embeddings,
+        shape.hidden_size, shape.head_size, first_ffn.hidden_act, model.LayerNorm.eps,
+        user_specific=gen is not None,
+    ).to(device)
+    sub.item_embedding.weight.copy_(model.item_embedding.weight)
+    sub.position_embedding.weight.copy_(model.position_embedding.weight)
+    sub.LayerNorm.load_state_dict(model.LayerNorm.state_dict())
+
+    kept = [index for index, keep in enumerate(cfg.mask) if keep]
+    for target, index in zip(sub.blocks, kept):
+        block = model.blocks[index]
+        attention, ffn = block.multi_head_attention, block.feed_forward
+        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = attention.sliced_weights(cfg.heads[index])
+        _copy(target.query, wq, bq)
+        _copy(target.key, wk, bk)
+        _copy(target.value, wv, bv)
+        _copy(target.attn_out, wo, bo)
+        target.attn_norm.load_state_dict(attention.LayerNorm.state_dict())
+        w1, b1, w2, b2 = (t.clone() for t in ffn.sliced_weights(cfg.widths[index]))
+        ln_weight, ln_bias = ffn.LayerNorm.weight.clone(), ffn.LayerNorm.bias.clone()
+        user = None if gen is None else gen[index]
+        if user is not None:
+            u1, v1, u2, v2 = slice_factors(model.mapper.factors(index), cfg.widths[index])
+            w1 += u1 @ user.g1[0] @ v1
+            w2 += u2 @ user.g2[0] @ v2
+            ln_weight += user.ln_scale[0]
+            ln_bias += user.ln_shift[0]
+        _copy(target.dense_1, w1, b1)
+        _copy(target.dense_2, w2, b2)
+        target.ffn_norm.weight.copy_(ln_weight)
+        target.ffn_norm.bias.copy_(ln_bias)
+    return sub.eval()
