@@ -8,6 +8,9 @@ import time
 from recbole.utils import set_color
 
 from recbole_fofa import checks, compat
+from recbole_fofa.search import SearchSettings, build_space
+from recbole_fofa.search import search as run_search
+from recbole_fofa.search.estimator import PredictedQuality, SubnetEstimator
 from recbole_fofa.trainer.base import Trainer
 
 
@@ -29,8 +32,6 @@ class ForwardOFATrainer(Trainer):
         if config["search_space"] not in (None, "block"):
             # the supernet stage trains the sub-networks the search may pick; 'block' keeps the
             # model's own block-mask sampling, exactly as before the search existed
-            from recbole_fofa.search import build_space
-
             model.subnet_space = build_space(config, model.shape)
 
     # ------------------------------------------------------------------ stages
@@ -109,10 +110,6 @@ class ForwardOFATrainer(Trainer):
         (``model.budget``), for comparison at equal cost. Uses the model as it is (no checkpoint
         is loaded).
         """
-        from recbole_fofa.search import SearchSettings, build_space
-        from recbole_fofa.search import search as run_search
-        from recbole_fofa.search.estimator import PredictedQuality, SubnetEstimator
-
         config, model = self.config, getattr(self.model, "module", self.model)
         show_progress = config["show_progress"] if show_progress is None else show_progress
         budgets = config["search_budgets"] if budgets is None else list(budgets)
@@ -178,7 +175,7 @@ class ForwardOFATrainer(Trainer):
 
         with model.active_subnet(entry.config):
             valid, test = evaluate(valid_data), evaluate(test_data)
-        cheapest_block = int(model.shape.block_macs().min())
+        cheapest_block = model.controller_min_macs
         if model.stage != "adapt":
             controller = {"skipped": f"the model is in stage {model.stage!r}: its structure "
                                      "controller is not trained"}
