@@ -235,3 +235,29 @@ def test_fit_predictor_offers_predict_only_when_it_ranks_well(setup):
     assert hasattr(estimator, "predict") == report.used
     with pytest.raises(ValueError, match="search_predictor_samples"):
         estimator.fit_predictor(space, 3, min_rank_corr=0.0)
+
+
+def test_real_active_subnet_of_the_full_supernet_is_the_supernet(tmp_path):
+    """No test double: in the supernet stage the full config under active_subnet scores exactly
+    like the supernet itself, and a smaller config reports its own MACs."""
+    write_planted_dataset(tmp_path / "data")
+    config_dict = {
+        "data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"),
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": 8, "hidden_size": 16, "inner_size": 32, "n_heads": 2,
+        "n_blocks": N_BLOCKS, "supernet_epochs": 1, "state": "ERROR", "show_progress": False,
+        "metrics": ["NDCG", "MACs"], "topk": [10], "valid_metric": "NDCG@10",
+        "metric_decimal_place": 12,
+    }
+    config, model, (_, valid, _) = prepare("ForwardOFA", "planted", config_dict=config_dict)
+    assert model.stage == "supernet"
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    plain = trainer.evaluate(valid, load_best_model=False)
+    estimator = SubnetEstimator(trainer, valid, "NDCG@10")
+    full, small = model.shape.full(), SubnetConfig((32, 0, 8), (2, 0, 1))
+    assert estimator.evaluate([full])[0] == plain["ndcg@10"]
+    with model.active_subnet(small):
+        result = trainer.evaluate(valid, load_best_model=False)
+    assert result["macs"] == pytest.approx(float(model.shape.cost(small).encoder_macs[0]))
+    assert estimator.evaluate([small])[0] == result["ndcg@10"]
+    assert estimator.evaluations == 2
