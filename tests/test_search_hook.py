@@ -260,6 +260,10 @@ def test_evolution_with_user_subsample_and_predictor(searched, isolated, min_ran
     for entry in result.budgets:
         assert entry.macs <= entry.budget_macs
         assert entry.valid_score == estimator.cache[entry.config.key]  # measured, always
+    # 0.3 of 3 blocks is below one full block: the per-user controller cannot meet it
+    assert "below one full block" in result.budgets[0].extra["controller"]["skipped"]
+    controller = result.budgets[1].extra["controller"]["valid_result"]
+    assert controller["macs"] <= 0.6 * model.shape.full_macs()
     assert estimator.evaluations == len(estimator.cache)
     assert all(score == estimator.cache[key] for key, (_, _, score) in result.archive.items())
     if report.used:  # ranked by predictions: only the predictor's samples and the answers ran
