@@ -17,6 +17,7 @@ from recbole_fofa.quick_start import (  # noqa: E402
     objective_function,
     run,
     run_recbole_fofa,
+    search_checkpoint,
 )
 from recbole_fofa.trainer import Trainer  # noqa: E402
 from recbole_fofa.utils import get_model, get_trainer  # noqa: E402
@@ -35,4 +36,5 @@ __all__ = [
     "objective_function",
     "run",
     "run_recbole_fofa",
+    "search_checkpoint",
 ]

@@ -211,7 +211,8 @@ def test_search_from_python_on_the_checkpoint_gives_the_same_configs(searched, i
     assert again.archive == {k: tuple(v) for k, v in data["archive"].items()}
     # budgets passed from Python replace search_budgets; the JSON is rewritten with them
     top = trainer.search(valid, test, budgets=[1.0])
-    assert [b.config for b in top.budgets] == [again.budgets[-1].config]
+    full_key = model.shape.full().key  # a budget that covers the full network is searched too
+    assert top.budgets[0].valid_score >= top.archive[full_key][2]
     assert [b["budget"] for b in _json(config_obj)["budgets"]] == [1.0]
 
 

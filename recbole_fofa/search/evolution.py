@@ -344,9 +344,12 @@ class _Run:
         return result
 
     def answer_largest(self, budget: float) -> BudgetResult:
-        """A budget the largest sub-network fits: answered by it, without a search."""
+        """A budget every sub-network fits, answered without a search of its own: the best
+        archived sub-network, the largest included (a sub-network may beat the full network, and
+        a larger budget must never get a worse answer than a smaller one)."""
         self.begin(budget)
-        return self.finish(budget, None, 0, config=self.space.largest())
+        self.evaluate([self.space.largest()])
+        return self.finish(budget, None, 0)
 
     def generation_done(self, budget, generation, generations):
         self.done += 1
@@ -415,7 +418,7 @@ def _top_down(run: _Run):
     s = run.settings
     population, previous = None, None
     for budget in reversed(run.budgets):
-        if budget >= run.max_cost:
+        if budget >= run.max_cost and previous is not None:  # the first budget is searched
             previous = run.answer_largest(budget).config
             continue
         run.begin(budget)
