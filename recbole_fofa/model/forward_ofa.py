@@ -134,14 +134,21 @@ class ForwardOFA(SequentialRecommender):
         """``device_budget`` in MACs (None for no budget): see :meth:`SupernetShape.budget_macs`."""
         if budget is None:
             return None
-        macs = self.shape.budget_macs(budget, "device_budget")
+        return self._controller_budget(self.shape.budget_macs(budget, "device_budget"),
+                                       f"config key `device_budget` = {budget!r}")
+
+    def _controller_budget(self, macs, what):
+        """``macs`` as a float if the per-user controller can meet it (one full block), else a
+        ValueError naming ``what``: the controller drops whole blocks."""
         cheapest = self.controller_min_macs
         if macs < cheapest:
             raise ValueError(
-                f"config key `device_budget` = {budget!r} is below the cheapest sub-network: one "
-                f"block costs {cheapest:,} MACs (a fraction >= {1 / self.n_blocks:.4f})"
+                f"{what} is below the cheapest sub-network: one block costs {cheapest:,} MACs "
+                f"(a fraction >= {1 / self.n_blocks:.4f}); the per-user controller drops whole "
+                "blocks (budget() takes MACs: convert a fraction with "
+                "model.shape.budget_macs(fraction))"
             )
-        return macs
+        return float(macs)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -308,14 +315,7 @@ class ForwardOFA(SequentialRecommender):
         if isinstance(macs, bool) or not isinstance(macs, Real) or not math.isfinite(macs):
             raise ValueError(f"budget(): expected MACs (a number), a string such as "
                              f"'400K MACs', or None; got {macs!r}")
-        cheapest = self.controller_min_macs
-        if macs < cheapest:
-            raise ValueError(
-                f"budget({macs!r}): the per-user controller drops whole blocks and one block costs "
-                f"{cheapest:,} MACs, so budgets below that are infeasible for it (budget() takes "
-                "MACs; convert a fraction with model.shape.budget_macs(fraction))"
-            )
-        return float(macs)
+        return self._controller_budget(macs, f"budget({macs!r})")
 
     # ------------------------------------------------------------------ sub-network sampling
     @property
