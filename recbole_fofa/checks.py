@@ -379,6 +379,8 @@ BACKBONE_CHECKS: Dict[str, Rule] = {
 # when the tensors are tiny. See docs/design-notes.md ("Config checks").
 MAX_BLOCKS = 256
 MAX_SUBNETS = 64
+# ForwardOFA `controller`: per-user block selection, or every block for every user (ablation)
+CONTROLLER_MODES = ("learned", "none")
 MAX_BLOCK_PASSES = 1024  # block forward passes in one supernet step (full + sub-networks)
 # The subnet search's names (recbole_fofa.search.space.SPACES and evolution.STRATEGIES + auto;
 # a test keeps them equal). Listed here because checks run before anything imports the search.
@@ -401,6 +403,7 @@ MODEL_CHECKS: Dict[str, Dict[str, Rule]] = {
         "loss_type": choice(("CE", "BPR"), "ce"),
         "rt_len": integer(1),
         "extractor": choice(cost.EXTRACTORS, "lstm"),
+        "controller": choice(CONTROLLER_MODES, "off"),
         "keep_threshold": number(0, 1, low_open=True, high_open=True),
         "tau_start": number(0, low_open=True),
         "tau_end": number(0, low_open=True),

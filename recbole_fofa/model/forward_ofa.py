@@ -62,6 +62,7 @@ class ForwardOFA(SequentialRecommender):
         self.loss_type = config["loss_type"]
         self.rt_len = config["rt_len"]
         self.keep_threshold = config["keep_threshold"]
+        self.controller_mode = config["controller"]
         self.sparsity_weight = config["sparsity_weight"]
         self.supernet_subnets = config["supernet_subnets"]
         self.distill_weight = config["distill_weight"]
@@ -211,11 +212,17 @@ class ForwardOFA(SequentialRecommender):
     def eval_structure(self, item_seq, item_seq_len):
         """Deterministic per-user structure: (z, kept mask [B, n] bool, keep probabilities)."""
         z, logits = self.structure(item_seq, item_seq_len)
-        probs = torch.sigmoid(logits)
+        probs = self._keep_probs(logits)
         mask = deterministic_mask(probs, self.keep_threshold)
         if self.device_budget is not None:
             mask = repair_to_budget(mask, probs, self.block_costs, self.device_budget)
         return z, mask, probs
+
+    def _keep_probs(self, logits):
+        """Keep probabilities [B, n]; with ``controller: none`` every block is kept (p = 1)."""
+        if self.controller_mode == "none":
+            return torch.ones_like(logits)
+        return torch.sigmoid(logits)
 
     def forward(self, item_seq, item_seq_len):
         """User representations [B, d] of the current stage's network (one forward pass).
@@ -234,8 +241,11 @@ class ForwardOFA(SequentialRecommender):
             return self.encode(item_seq, item_seq_len, full, soft=False)
         if self.training:
             z, logits = self.structure(item_seq, item_seq_len)
-            mask = gumbel_sigmoid(logits, self.tau, hard=True)
-            self._last_probs = torch.sigmoid(logits)
+            if self.controller_mode == "none":
+                mask = torch.ones_like(logits)
+            else:
+                mask = gumbel_sigmoid(logits, self.tau, hard=True)
+            self._last_probs = self._keep_probs(logits)
             self._train_kept_sum += float(mask.detach().sum())
             self._train_rows += mask.size(0)
             return self.encode(item_seq, item_seq_len, mask, soft=True, gen=self.mapper(z, mask))
@@ -358,7 +368,9 @@ class ForwardOFA(SequentialRecommender):
         seq_output = self.forward(item_seq, item_seq_len)
         rec_loss = self._rec_loss(seq_output, interaction)
         expected_cost = (self._last_probs @ self.block_costs) / self.block_costs.sum()
-        sparsity_loss = self.sparsity_weight * expected_cost.mean()
+        # with `controller: none` the structure is fixed (p = 1): the term is a constant 0
+        weight = 0.0 if self.controller_mode == "none" else self.sparsity_weight
+        sparsity_loss = weight * expected_cost.mean()
         self._train_sparsity_sum += float(sparsity_loss.detach())
         return rec_loss, sparsity_loss
 

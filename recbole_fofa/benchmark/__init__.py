@@ -1,0 +1,1 @@
+"""The multi-seed benchmark of ForwardOFA, its ablations and RecBole's baselines."""

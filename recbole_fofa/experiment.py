@@ -1,0 +1,172 @@
+"""One training run as the benchmark and the analyses need it: timed, quiet, and able to start
+ForwardOFA's stage 2 from a supernet trained earlier.
+
+:func:`train` is :func:`recbole_fofa.quick_start.run_recbole_fofa` split open: it returns the
+trained model, trainer and dataloaders (a :class:`Trained`) instead of only the scores, times each
+training epoch by stage, and, given ``supernet=`` (the backbone of an earlier ForwardOFA run with
+the same data and sizes), skips stage 1 so that variants differing only in stage 2 share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+
+from recbole_fofa import compat
+from recbole_fofa.quick_start import prepare
+from recbole_fofa.utils import get_trainer
+
+__all__ = ["Trained", "train", "quiet_console", "quieten_console", "recbole_argv_cleared",
+           "supernet_backbone"]
+
+
+@contextlib.contextmanager
+def recbole_argv_cleared():
+    """RecBole's Config reads ``--key=value`` flags from ``sys.argv`` and lets them override
+    ``config_dict``; inside this block it sees none, so each run gets exactly its own dict."""
+    saved = sys.argv
+    sys.argv = sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+class _NotWarnings(logging.Filter):
+    def filter(self, record):
+        return record.name != "py.warnings"
+
+
+@contextlib.contextmanager
+def quiet_console(level=logging.WARNING):
+    """RecBole logs to its log file as configured, but the console shows only records at
+    ``level`` and above, and library warnings (pandas, torch deprecations) go to the log file
+    only. Applied after each run's logger set-up through :func:`quieten_console`."""
+    logging.captureWarnings(True)
+    _QUIET.append(level)
+    try:
+        yield
+    finally:
+        _QUIET.pop()
+        logging.captureWarnings(bool(_QUIET))
+
+
+_QUIET: List[int] = []
+
+
+def quieten_console():
+    """Inside :func:`quiet_console`: raise the level of the root logger's console handlers."""
+    if not _QUIET:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.setLevel(max(handler.level, _QUIET[-1]))
+            if not any(isinstance(f, _NotWarnings) for f in handler.filters):
+                handler.addFilter(_NotWarnings())
+
+
+@dataclass
+class Trained:
+    """A trained model with its trainer, config, dataloaders and timings."""
+
+    config: object
+    model: torch.nn.Module
+    trainer: object
+    train_data: object
+    valid_data: object
+    test_data: object
+    best_valid_score: float = float("nan")
+    best_valid_result: dict | None = None
+    #: seconds of each training epoch, by stage ('train' for RecBole models; 'supernet' and
+    #: 'adapt' for ForwardOFA; a shared supernet's epochs are listed under 'supernet' too)
+    epoch_seconds: Dict[str, List[float]] = field(default_factory=dict)
+    #: the ForwardOFA backbone at the end of stage 1 (best supernet), for :func:`train` reuse
+    supernet: Dict[str, torch.Tensor] | None = None
+
+    def evaluate(self, data=None, load_best_model=False):
+        """``(result dict of floats, seconds)`` of RecBole's evaluation on ``data`` (test)."""
+        data = self.test_data if data is None else data
+        start = time.perf_counter()
+        result = self.trainer.evaluate(data, load_best_model=load_best_model,
+                                       show_progress=False)
+        return {k: float(v) for k, v in result.items()}, time.perf_counter() - start
+
+    def mean_epoch_seconds(self):
+        """``{stage: mean seconds per epoch}``."""
+        return {stage: sum(v) / len(v) for stage, v in self.epoch_seconds.items() if v}
+
+
+def supernet_backbone(model) -> Dict[str, torch.Tensor]:
+    """A copy of a ForwardOFA model's backbone weights (embeddings and blocks)."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
+            if not name.startswith(("controller.", "mapper."))}
+
+
+def _time_epochs(trainer, model, seconds):
+    inner = trainer._train_epoch
+
+    def timed(*args, **kwargs):
+        stage = getattr(model, "stage", "train")
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        seconds.setdefault(stage, []).append(time.perf_counter() - start)
+        return out
+
+    trainer._train_epoch = timed
+
+
+def train(model, dataset, config_file_list=None, config_dict=None, saved=True, supernet=None,
+          supernet_seconds=None) -> Trained:
+    """Prepare, fit (best checkpoint reloaded when ``saved``) and return a :class:`Trained`.
+
+    ``supernet``: the backbone of an earlier ForwardOFA run (:attr:`Trained.supernet`) with the
+    same dataset, split, seed and sizes; the new ForwardOFA starts in stage 2 from it, and
+    ``supernet_seconds`` (that run's stage-1 epoch times) are recorded as its own.
+    """
+    with recbole_argv_cleared():
+        config, net, (train_data, valid_data, test_data) = prepare(
+            model, dataset, config_file_list, config_dict
+        )
+    quieten_console()
+    seconds: Dict[str, List[float]] = {}
+    if supernet is not None:
+        if config["model"] != "ForwardOFA":
+            raise ValueError(f"supernet= starts ForwardOFA's stage 2; got model {config['model']}")
+        missing, unexpected = net.load_state_dict(supernet, strict=False)
+        backbone_missing = [k for k in missing if not k.startswith(("controller.", "mapper."))]
+        if backbone_missing or unexpected:
+            raise ValueError(f"supernet= does not match this ForwardOFA: missing "
+                             f"{backbone_missing}, unexpected {unexpected}")
+        net.stage = "adapt"
+        seconds["supernet"] = list(supernet_seconds or [])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    _time_epochs(trainer, net, seconds)
+    captured = {}
+    if config["model"] == "ForwardOFA" and supernet is None:
+        enter = trainer._enter_stage
+
+        def enter_and_capture(stage):  # fit() has just reloaded the best supernet
+            if stage == "adapt" and "state" not in captured:
+                captured["state"] = supernet_backbone(net)
+            enter(stage)
+
+        trainer._enter_stage = enter_and_capture
+    best_score, best_result = trainer.fit(train_data, valid_data, saved=saved,
+                                          show_progress=False)
+    if saved:  # the best checkpoint, as RecBole's evaluate(load_best_model=True) loads it
+        checkpoint = compat.torch_load_trusted(trainer.saved_model_file, config["device"])
+        net.load_state_dict(checkpoint["state_dict"])
+        net.load_other_parameter(checkpoint.get("other_parameter"))
+    trained = Trained(config, net, trainer, train_data, valid_data, test_data,
+                      best_valid_score=float(best_score),
+                      best_valid_result={k: float(v) for k, v in (best_result or {}).items()},
+                      epoch_seconds=seconds, supernet=captured.get("state", supernet))
+    return trained
