@@ -2,6 +2,9 @@
 
 ``--search --checkpoint=PATH`` runs the subnet search on a saved ForwardOFA checkpoint instead of
 training; ``--search_budgets="[0.3, 0.6]"`` and the other search keys are read from the flags.
+``--benchmark`` runs ForwardOFA, its ablations and RecBole's baselines over ``--seeds`` and writes a
+table, a CSV and a PNG to ``--output`` (docs/benchmarks.md); ``--analysis=NAME`` runs one of the
+paper's analyses (:data:`ANALYSES`).
 """
 
 import argparse
@@ -9,15 +12,27 @@ import ast
 
 from recbole_fofa.quick_start import comparison_table, results_table, run, searching_trainer
 
+#: --analysis names -> "module:function" (imported when used)
+ANALYSES = {
+    "sparsity": "recbole_fofa.analysis.sparsity:run_sparsity",
+    "blocks": "recbole_fofa.analysis.blocks:run_blocks",
+    "conflict": "recbole_fofa.analysis.conflict:run_conflict",
+    "protocol": "recbole_fofa.analysis.protocol:run_protocol",
+}
+DEFAULT_SEED = 2020  # RecBole's default `seed`
+
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_recbole_fofa",
+        allow_abbrev=False,  # `--seed=1` is a config key, not an abbreviation of --seeds
         description="Train and test a recbole_fofa or RecBole model. Any other --key=value flag "
         "becomes a RecBole config entry (e.g. --epochs=5 --hidden_size=32).",
     )
-    parser.add_argument("--model", "-m", type=str, default="ForwardOFA",
-                        help="model name, or several separated by commas to compare them")
+    parser.add_argument("--model", "-m", type=str, default=None,
+                        help="model name, or several separated by commas to compare them "
+                        "(default ForwardOFA; with --benchmark: ForwardOFA, its ablations and "
+                        "RecBole's sequential baselines, or labels such as SASRec-6)")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated files")
     parser.add_argument("--nproc", type=int, default=1, help="number of processes (GPUs)")
@@ -30,17 +45,110 @@ def build_parser():
                         "--search_budgets instead of training (docs/search.md)")
     parser.add_argument("--checkpoint", type=str, default=None,
                         help="with --search: the saved model file (saved/ForwardOFA-*.pth)")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="run the models over --seeds and write a table, CSV and PNG to "
+                        "--output (docs/benchmarks.md)")
+    parser.add_argument("--analysis", type=str, default=None, choices=sorted(ANALYSES),
+                        help="run one of the paper's analyses or the cloud-device protocol "
+                        "simulation and write its table and PNG to --output")
+    parser.add_argument("--seeds", type=str, default=None,
+                        help="with --benchmark/--analysis: a count N (seeds seed, seed+1, ...) "
+                        "or a comma-separated list (default: 3 for --benchmark, 1 otherwise)")
+    parser.add_argument("--output", type=str, default=None,
+                        help="with --benchmark/--analysis: the output folder (default "
+                        "fofa-benchmark/ or fofa-analysis/)")
     return parser
 
 
 def main(argv=None):
     """Console entry point: run the models (or the search), print the results; exit status 0."""
     args, rest = build_parser().parse_known_args(argv)
-    if args.search or args.checkpoint is not None:
+    modes = [name for name, on in (("--benchmark", args.benchmark),
+                                   ("--analysis", args.analysis is not None),
+                                   ("--search", args.search)) if on]
+    if len(modes) > 1:
+        raise SystemExit(f"run_recbole_fofa: {' and '.join(modes)} cannot be combined")
+    if args.benchmark:
+        run_benchmark_cli(args, rest)
+    elif args.analysis is not None:
+        run_analysis_cli(args, rest)
+    elif args.search or args.checkpoint is not None:
         run_search(args, rest)
     else:
+        if args.seeds is not None or args.output is not None:
+            raise SystemExit("run_recbole_fofa: --seeds and --output are read with --benchmark "
+                             "or --analysis only")
         run_models(argv)
     return 0
+
+
+def parse_seeds(text, base, default_count):
+    """``--seeds``: None -> ``default_count`` seeds from ``base``; ``"3"`` -> base, base+1,
+    base+2; ``"7,11"`` -> [7, 11]."""
+    if text is None:
+        return [base + i for i in range(default_count)]
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values or (len(values) == 1 and "," not in str(text) and values[0] < 1):
+        raise SystemExit(f"run_recbole_fofa: --seeds={text!r}: give a count >= 1 (e.g. 3) or "
+                         "a comma-separated list of integer seeds (e.g. 1,2,3)")
+    if len(values) == 1 and "," not in str(text):
+        return [base + i for i in range(values[0])]
+    if len(set(values)) != len(values):
+        raise SystemExit(f"run_recbole_fofa: --seeds={text!r} repeats a seed")
+    return values
+
+
+def _mode_inputs(args, rest, default_count):
+    flags = config_flags(rest)
+    seeds = parse_seeds(args.seeds, int(flags.get("seed", DEFAULT_SEED)), default_count)
+    flags.pop("seed", None)
+    config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    return flags, seeds, config_file_list
+
+
+def run_benchmark_cli(args, rest):
+    """``--benchmark``: every model over every seed; prints the table and writes the files."""
+    from recbole_fofa.benchmark.runner import run_benchmark
+
+    flags, seeds, config_file_list = _mode_inputs(args, rest, 3)
+    models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
+    report = run_benchmark(args.dataset, config_file_list, flags, models, seeds,
+                           args.output or "fofa-benchmark")
+    budget = report.settings["epoch_budget"]
+    print(f"\n{args.dataset}: test metrics, mean ± std over seeds {seeds}; "
+          f"{budget['total']} epochs each (ForwardOFA {budget['supernet_epochs']} supernet + "
+          f"{budget['epochs']} controller/mapper); MACs per user (FLOPs = 2 x MACs)")
+    print(report.table())
+    if report.search_points():
+        print("\nForwardOFA at the search budgets: the searched fixed sub-network and the "
+              "per-user controller")
+        print(report.search_table())
+    for error in report.errors():
+        print(f"failed: {error}")
+    print(f"\nwritten: {report.files['md']}, {report.files['csv']}, {report.files['png']}")
+    return report
+
+
+def run_analysis_cli(args, rest):
+    """``--analysis=NAME``: one analysis; prints its table and findings, writes its files."""
+    import importlib
+
+    from recbole_fofa.experiment import quiet_console
+
+    flags, seeds, config_file_list = _mode_inputs(args, rest, 1)
+    module, function = ANALYSES[args.analysis].split(":")
+    run_analysis = getattr(importlib.import_module(module), function)
+    with quiet_console():
+        result = run_analysis(args.dataset, config_file_list, flags,
+                              output_dir=args.output or "fofa-analysis", seeds=seeds)
+    print(f"\n{args.analysis} on {args.dataset} (seeds {seeds})")
+    print(result.report())
+    print(f"\nwritten: {', '.join(result.files.values())}")
+    return result
 
 
 def run_models(argv=None):
@@ -51,7 +159,8 @@ def run_models(argv=None):
     args, _ = build_parser().parse_known_args(argv)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     results = {}
-    for model in [name.strip() for name in args.model.split(",") if name.strip()]:
+    for model in [name.strip() for name in (args.model or "ForwardOFA").split(",")
+                  if name.strip()]:
         result = run(
             model,
             args.dataset,

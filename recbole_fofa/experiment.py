@@ -10,7 +10,6 @@ the same data and sizes), skips stage 1 so that variants differing only in stage
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Dict, List
 import torch
 
 from recbole_fofa import compat
-from recbole_fofa.quick_start import prepare
+from recbole_fofa.quick_start import prepare, quiet_console, quieten_console
 from recbole_fofa.utils import get_trainer
 
 __all__ = ["Trained", "train", "quiet_console", "quieten_console", "recbole_argv_cleared",
@@ -36,41 +35,6 @@ def recbole_argv_cleared():
         yield
     finally:
         sys.argv = saved
-
-
-class _NotWarnings(logging.Filter):
-    def filter(self, record):
-        return record.name != "py.warnings"
-
-
-@contextlib.contextmanager
-def quiet_console(level=logging.WARNING):
-    """RecBole logs to its log file as configured, but the console shows only records at
-    ``level`` and above, and library warnings (pandas, torch deprecations) go to the log file
-    only. Applied after each run's logger set-up through :func:`quieten_console`."""
-    logging.captureWarnings(True)
-    _QUIET.append(level)
-    try:
-        yield
-    finally:
-        _QUIET.pop()
-        logging.captureWarnings(bool(_QUIET))
-
-
-_QUIET: List[int] = []
-
-
-def quieten_console():
-    """Inside :func:`quiet_console`: raise the level of the root logger's console handlers."""
-    if not _QUIET:
-        return
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(
-            handler, logging.FileHandler
-        ):
-            handler.setLevel(max(handler.level, _QUIET[-1]))
-            if not any(isinstance(f, _NotWarnings) for f in handler.filters):
-                handler.addFilter(_NotWarnings())
 
 
 @dataclass
@@ -135,7 +99,6 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
         config, net, (train_data, valid_data, test_data) = prepare(
             model, dataset, config_file_list, config_dict
         )
-    quieten_console()
     seconds: Dict[str, List[float]] = {}
     if supernet is not None:
         if config["model"] != "ForwardOFA":

@@ -86,7 +86,8 @@ def tradeoff(ax, points: Sequence[Mapping], xlabel: str = "MACs per user",
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return ax
 
 

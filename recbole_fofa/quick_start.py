@@ -5,6 +5,7 @@ never imports it (see :mod:`recbole_fofa.compat`). These functions follow the sa
 the same dicts, with model and trainer names resolved by :mod:`recbole_fofa.utils`.
 """
 
+import contextlib
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -22,13 +23,48 @@ from recbole_fofa.utils import get_model, get_trainer
 
 
 def _fresh_logger(config):
-    """RecBole's logger, with handlers of an earlier run in this process removed first."""
+    """RecBole's logger, with handlers of an earlier run in this process removed first (and its
+    console quietened inside :func:`quiet_console`)."""
     logger = getLogger()
     for handler in logger.handlers[:]:
         logger.removeHandler(handler)
         handler.close()
     init_logger(config)
+    quieten_console()
     return logger
+
+
+class _NotWarnings(logging.Filter):
+    def filter(self, record):
+        return record.name != "py.warnings"
+
+
+_QUIET = []  # console levels of the open quiet_console blocks
+
+
+@contextlib.contextmanager
+def quiet_console(level=logging.WARNING):
+    """Inside the block, runs log to RecBole's log file as configured, but the console shows
+    only records at ``level`` and above (no model dump, no per-epoch lines), and Python warnings
+    (pandas, torch deprecations) go to the log file only. The benchmark and the analyses run in
+    one, so that their console shows progress bars and tables."""
+    logging.captureWarnings(True)
+    _QUIET.append(level)
+    try:
+        yield
+    finally:
+        _QUIET.pop()
+        logging.captureWarnings(bool(_QUIET))
+
+
+def quieten_console():
+    """Inside :func:`quiet_console`: raise the level of the root logger's console handlers."""
+    if not _QUIET:
+        return
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(max(handler.level, _QUIET[-1]))
+            handler.addFilter(_NotWarnings())
 
 
 def prepare(model=None, dataset=None, config_file_list=None, config_dict=None):

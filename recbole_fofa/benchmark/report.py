@@ -1,0 +1,206 @@
+"""The benchmark's report: per-model means and deviations over seeds, a markdown table, a CSV of
+every run and a PNG of NDCG@10 against MACs."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from recbole_fofa import plots
+from recbole_fofa.table import format_table
+
+__all__ = ["BenchmarkReport", "QUALITY", "COST"]
+
+#: the quality columns of the summary (RecBole's lower-case result keys)
+QUALITY = ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr@10"]
+#: the cost columns (per user, on the device)
+COST = ["macs", "params", "blocks"]
+_TIMES = ["train_s_per_epoch", "eval_s_per_1k_users"]
+
+
+def _stats(values):
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _pm(mean, std, digits=4):
+    if math.isnan(mean):
+        return "-"
+    if abs(mean) >= 1e4:
+        return f"{mean:,.0f}" + (f" ± {std:,.0f}" if std else "")
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _whole(value):
+    return None if math.isnan(value) else int(round(value))
+
+
+class BenchmarkReport:
+    """Run records (one per model and seed) and what they add up to."""
+
+    def __init__(self, records: List[Dict[str, Any]], settings: Dict[str, Any]):
+        self.records = records
+        self.settings = settings
+        self.files: Dict[str, str] = {}
+
+    # ------------------------------------------------------------------ aggregation
+    def labels(self):
+        return list(dict.fromkeys(r["label"] for r in self.records))
+
+    def summary(self) -> List[Dict[str, Any]]:
+        """One dict per model: ``<key>_mean``/``<key>_std`` over its successful seeds for the
+        quality, cost and time columns, the seeds that ran and the errors of those that failed."""
+        rows = []
+        for label in self.labels():
+            runs = [r for r in self.records if r["label"] == label]
+            ok = [r for r in runs if r["status"] == "ok"]
+            row = {"label": label, "model": runs[0]["model"], "kind": runs[0]["kind"],
+                   "seeds_ok": len(ok), "seeds": len(runs),
+                   "errors": sorted({r["error"] for r in runs if r["status"] != "ok"})}
+            for key in QUALITY + COST:
+                row[f"{key}_mean"], row[f"{key}_std"] = _stats(
+                    [r["test"].get(key) for r in ok if key in r["test"]])
+            for key in _TIMES:
+                row[f"{key}_mean"], row[f"{key}_std"] = _stats([r.get(key) for r in ok])
+            rows.append(row)
+        return rows
+
+    def search_points(self) -> List[Dict[str, Any]]:
+        """Per budget, over seeds: the searched sub-network's and the controller's test NDCG@10
+        and MACs (means and deviations)."""
+        by_budget: Dict[str, List[Dict[str, Any]]] = {}
+        for record in self.records:
+            for entry in record.get("search") or []:
+                by_budget.setdefault(str(entry["budget"]), []).append(entry)
+        points = []
+        for budget, entries in by_budget.items():
+            for kind, key in (("searched", "test"), ("controller", "controller_test")):
+                results = [e[key] for e in entries if e.get(key)]
+                if not results:
+                    continue
+                ndcg, ndcg_std = _stats([r.get("ndcg@10") for r in results])
+                macs, macs_std = _stats([r.get("macs") for r in results])
+                points.append({"budget": budget, "kind": kind, "ndcg@10_mean": ndcg,
+                               "ndcg@10_std": ndcg_std, "macs_mean": macs, "macs_std": macs_std,
+                               "seeds": len(results),
+                               "configs": sorted({e["config"] for e in entries})
+                               if kind == "searched" else []})
+        return points
+
+    # ------------------------------------------------------------------ tables
+    def table(self, style: str = "text") -> str:
+        """Mean ± standard deviation over seeds per model; seconds are per training epoch and
+        per 1,000 evaluated users."""
+        columns = ["model", "seeds", "NDCG@10", "NDCG@5", "NDCG@20", "Hit@10", "Hit@5",
+                   "Hit@20", "MRR@10", "MACs", "Params", "Blocks", "train s/epoch",
+                   "eval s/1k users"]
+        rows = []
+        for row in self.summary():
+            cells = [row["label"], f"{row['seeds_ok']}/{row['seeds']}"]
+            for key in ["ndcg@10", "ndcg@5", "ndcg@20", "hit@10", "hit@5", "hit@20", "mrr@10"]:
+                cells.append(_pm(row[f"{key}_mean"], row[f"{key}_std"]))
+            cells += [_whole(row["macs_mean"]), _whole(row["params_mean"]),
+                      None if math.isnan(row["blocks_mean"]) else round(row["blocks_mean"], 2),
+                      _pm(row["train_s_per_epoch_mean"], row["train_s_per_epoch_std"], 1),
+                      _pm(row["eval_s_per_1k_users_mean"], row["eval_s_per_1k_users_std"], 3)]
+            rows.append(cells)
+        return format_table(rows, columns, style=style)
+
+    def search_table(self, style: str = "text") -> str:
+        rows = [[p["budget"], p["kind"], _pm(p["ndcg@10_mean"], p["ndcg@10_std"]),
+                 _whole(p["macs_mean"]), p["seeds"], " ".join(p["configs"])]
+                for p in self.search_points()]
+        return format_table(rows, ["budget", "ForwardOFA", "test NDCG@10", "MACs", "seeds",
+                                   "searched configs"], style=style)
+
+    def errors(self) -> List[str]:
+        """A line per failed run, and per search that failed after its run trained."""
+        lines = []
+        for r in self.records:
+            if r["status"] != "ok":
+                lines.append(f"{r['label']} seed {r['seed']}: {r['error']}")
+            if r.get("search_error"):
+                lines.append(f"{r['label']} seed {r['seed']} search: {r['search_error']}")
+        return lines
+
+    def csv_rows(self) -> List[Dict[str, Any]]:
+        """One flat dict per (model, seed)."""
+        rows = []
+        for r in self.records:
+            row = {"label": r["label"], "model": r["model"], "kind": r["kind"],
+                   "seed": r["seed"], "status": r["status"], "error": r["error"]}
+            for key in QUALITY + COST:
+                row[key] = (r.get("test") or {}).get(key)
+            for key in _TIMES + ["test_users", "wall_s"]:
+                row[key] = r.get(key)
+            for stage, seconds in (r.get("epoch_seconds") or {}).items():
+                row[f"{stage}_s_per_epoch"] = seconds
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ files
+    def plot(self, path) -> Path:
+        """NDCG@10 against MACs per model (error bars over seeds), the Pareto front, and the
+        searched sub-networks and the controller at the search budgets."""
+        points = []
+        for row in self.summary():
+            if row["seeds_ok"] and not math.isnan(row["macs_mean"]):
+                points.append({"label": row["label"], "x": row["macs_mean"],
+                               "xerr": row["macs_std"], "y": row["ndcg@10_mean"],
+                               "yerr": row["ndcg@10_std"], "kind": row["kind"]})
+        for p in self.search_points():
+            if not math.isnan(p["macs_mean"]):
+                tag = "search" if p["kind"] == "searched" else "ctrl"
+                points.append({"label": f"{tag}@{p['budget']}", "x": p["macs_mean"],
+                               "xerr": p["macs_std"], "y": p["ndcg@10_mean"],
+                               "yerr": p["ndcg@10_std"], "kind": p["kind"]})
+        seeds = self.settings.get("seeds", [])
+        fig, (ax,) = plots.figure(width=7.5, height=5.0, title=(
+            f"{self.settings.get('dataset')}: test NDCG@10 vs on-device MACs per user "
+            f"(mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})"))
+        plots.tradeoff(ax, points, log_x=True)
+        return plots.save(fig, path)
+
+    def markdown(self) -> str:
+        budget = self.settings.get("epoch_budget", {})
+        lines = [
+            "# Benchmark", "",
+            f"- dataset: {self.settings.get('dataset')}; config files: "
+            f"{self.settings.get('config_files')}; overrides: {self.settings.get('overrides')}",
+            f"- seeds: {self.settings.get('seeds')}; epoch budget: {budget.get('total')} "
+            f"(ForwardOFA: {budget.get('supernet_epochs')} supernet + {budget.get('epochs')} "
+            "controller/mapper)",
+            "- test metrics, mean ± standard deviation over seeds; MACs and Params per user on "
+            "the device (FLOPs = 2 x MACs); seconds per training epoch and per 1,000 test users",
+            "", self.table("markdown"), "",
+        ]
+        if self.search_points():
+            lines += ["## ForwardOFA at the search budgets", "", self.search_table("markdown"),
+                      ""]
+        if self.errors():
+            lines += ["## Failed runs", "", *[f"- {e}" for e in self.errors()], ""]
+        if "png" in self.files:
+            lines += [f"![NDCG@10 vs MACs]({Path(self.files['png']).name})", ""]
+        return "\n".join(lines)
+
+    def write(self, output_dir) -> BenchmarkReport:
+        """``benchmark.png``, ``benchmark.csv`` and ``benchmark.md`` in ``output_dir``."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.files["png"] = str(self.plot(output_dir / "benchmark.png"))
+        rows = self.csv_rows()
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        with (output_dir / "benchmark.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.files["csv"] = str(output_dir / "benchmark.csv")
+        (output_dir / "benchmark.md").write_text(self.markdown())
+        self.files["md"] = str(output_dir / "benchmark.md")
+        return self

@@ -1,0 +1,280 @@
+"""The benchmark's runs: which models, with which settings, over which seeds, stored one file per
+run so that an interrupted benchmark resumes where it stopped.
+
+Every run trains on the same dataset config (split, metrics, evaluation) with the same epoch
+budget: ForwardOFA's ``supernet_epochs + epochs``, which the baselines train as ``epochs``.
+ForwardOFA variants that differ from ForwardOFA only in stage-2 keys (mapper, controller,
+sparsity) start stage 2 from the same supernet of their seed, trained once and stored beside the
+runs, and report its stage-1 epochs as theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import torch
+from tqdm import tqdm
+
+from recbole_fofa import experiment
+from recbole_fofa.config import Config
+
+__all__ = ["Variant", "default_variants", "resolve_variants", "run_benchmark", "RUN_METRICS",
+           "SEARCH_BUDGETS", "STAGE2_KEYS"]
+
+#: the metrics every run reports (RecBole's names; MACs/Params/Blocks are the plugin's)
+RUN_METRICS = ["NDCG", "Hit", "MRR", "MACs", "Params", "Blocks"]
+RUN_TOPK = [5, 10, 20]
+#: budgets (fractions of the full encoder) the ForwardOFA run searches when the config sets none
+SEARCH_BUDGETS = [0.25, 0.5, 0.75]
+#: ForwardOFA keys that only act in stage 2: variants differing in these share the supernet
+STAGE2_KEYS = frozenset([
+    "mapper_mode", "mapper_rank", "mapper_hidden", "controller", "extractor", "rt_len",
+    "sparsity_weight", "keep_threshold", "tau_start", "tau_end", "tau_anneal_epochs",
+    "backbone_lr_scale", "device_budget", "epochs",
+])
+#: RecBole's sequential baselines that the default benchmark runs (issue 9's list)
+BASELINES = ["GRU4Rec", "BERT4Rec", "Caser", "NextItNet", "LightSANs"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the benchmark: a label, the model it runs and its config overrides.
+
+    ``kind``: ``model`` (ForwardOFA), ``ablation`` (a ForwardOFA variant) or ``baseline``.
+    """
+
+    label: str
+    model: str
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    kind: str = "baseline"
+
+    @property
+    def shares_supernet(self) -> bool:
+        return self.model == "ForwardOFA" and set(self.overrides) <= STAGE2_KEYS
+
+
+def _forward_ofa_variants():
+    return {
+        "ForwardOFA": Variant("ForwardOFA", "ForwardOFA", {}, "model"),
+        "ForwardOFA-shared": Variant("ForwardOFA-shared", "ForwardOFA",
+                                     {"mapper_mode": "shared"}, "ablation"),
+        "ForwardOFA-nomapper": Variant("ForwardOFA-nomapper", "ForwardOFA",
+                                       {"mapper_mode": "none"}, "ablation"),
+        "ForwardOFA-allblocks": Variant("ForwardOFA-allblocks", "ForwardOFA",
+                                        {"controller": "none"}, "ablation"),
+    }
+
+
+def default_variants(n_blocks: int) -> List[Variant]:
+    """ForwardOFA, its three ablations, SASRec at 2 and at ``n_blocks`` layers, and
+    :data:`BASELINES`."""
+    sasrec = [Variant(f"SASRec-{n}", "SASRec", {"n_layers": n}) for n in sorted({2, n_blocks})]
+    return [*_forward_ofa_variants().values(), *sasrec,
+            *[Variant(name, name) for name in BASELINES]]
+
+
+def resolve_variants(names: Sequence[str], n_blocks: int) -> List[Variant]:
+    """Variants for ``names``: a default label (``ForwardOFA-shared``), ``<Model>-<N>`` (a
+    RecBole model with ``n_layers: N``; ForwardOFA with ``n_blocks: N``), or a model name."""
+    known = {v.label: v for v in default_variants(n_blocks)}
+    variants = []
+    for name in names:
+        if name in known:
+            variants.append(known[name])
+            continue
+        model, sep, depth = name.rpartition("-")
+        if sep and depth.isdigit() and int(depth) >= 1:
+            key = "n_blocks" if model == "ForwardOFA" else "n_layers"
+            kind = "model" if model == "ForwardOFA" else "baseline"
+            variants.append(Variant(name, model, {key: int(depth)}, kind))
+        else:
+            variants.append(Variant(name, name, {}, "model" if name == "ForwardOFA" else
+                                    "baseline"))
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"benchmark models: {labels} names a model twice")
+    return variants
+
+
+def _file_stem(label: str, seed: int) -> str:
+    return f"{label}__seed{seed}"
+
+
+def _run_settings(variant, seed, common, budget, output_dir):
+    """The config dict of one run: the common flags, the benchmark's metrics, the variant's
+    overrides, the epoch budget and the seed."""
+    settings = dict(common)
+    settings.update(variant.overrides)
+    settings.update(seed=seed, checkpoint_dir=str(Path(output_dir) / "saved"))
+    # every run reports the benchmark's metrics, whatever the dataset config asks for
+    settings["metrics"] = RUN_METRICS
+    settings["topk"] = RUN_TOPK
+    settings.setdefault("valid_metric", "NDCG@10")
+    if variant.model == "ForwardOFA":
+        settings.setdefault("supernet_epochs", budget["supernet_epochs"])
+        settings.setdefault("epochs", budget["epochs"])
+    else:
+        settings["epochs"] = budget["total"]
+    return settings
+
+
+def epoch_budget(dataset, config_file_list, common):
+    """``({supernet_epochs, epochs, total}, n_blocks)`` of ForwardOFA under these settings;
+    ``total`` is what every baseline trains."""
+    with experiment.recbole_argv_cleared():
+        config = Config("ForwardOFA", dataset, config_file_list, dict(common))
+    budget = {"supernet_epochs": int(config["supernet_epochs"]), "epochs": int(config["epochs"])}
+    budget["total"] = budget["supernet_epochs"] + budget["epochs"]
+    return budget, int(config["n_blocks"])
+
+
+def _supernet_key(seed, common, config_file_list, dataset):
+    text = json.dumps([dataset, config_file_list, sorted(common.items()), seed], default=str,
+                      sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _search(trained, budgets):
+    """The per-budget searched sub-networks and the controller at the same budgets (test)."""
+    result = trained.trainer.search(trained.valid_data, trained.test_data, budgets,
+                                    show_progress=False)
+    rows = []
+    for entry in result.budgets:
+        controller = entry.extra.get("controller") or {}
+        rows.append({
+            "budget": entry.extra.get("budget"), "budget_macs": entry.budget_macs,
+            "config": entry.config.key, "macs": entry.macs,
+            "test": entry.extra.get("test_result"),
+            "controller_test": controller.get("test_result"),
+            "controller_skipped": controller.get("skipped"),
+        })
+    return rows, result.settings.get("search_seconds")
+
+
+def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir, supernets,
+            search_budgets):
+    """Train, time and test one (variant, seed); returns the run record (a JSON-able dict)."""
+    record = {"label": variant.label, "model": variant.model, "kind": variant.kind,
+              "seed": seed, "overrides": variant.overrides, "status": "ok", "error": None}
+    start = time.perf_counter()
+    try:
+        settings = _run_settings(variant, seed, common, budget, output_dir)
+        shared = None
+        if variant.shares_supernet:
+            shared = supernets.load(seed)
+        trained = experiment.train(
+            variant.model, dataset, config_file_list, settings,
+            supernet=None if shared is None else shared["state"],
+            supernet_seconds=None if shared is None else shared["seconds"],
+        )
+        if variant.shares_supernet and shared is None and trained.supernet is not None:
+            supernets.store(seed, trained.supernet, trained.epoch_seconds.get("supernet", []))
+        trained.evaluate(trained.test_data)  # first call: cost measurement and warm-up
+        test, eval_seconds = trained.evaluate(trained.test_data)
+        users = len(trained.test_data._dataset)
+        seconds = [s for values in trained.epoch_seconds.values() for s in values]
+        record.update(
+            valid=trained.best_valid_result, test=test, test_users=users,
+            eval_s_per_1k_users=eval_seconds / max(users, 1) * 1000,
+            epochs={stage: len(v) for stage, v in trained.epoch_seconds.items()},
+            epoch_seconds=trained.mean_epoch_seconds(),
+            train_s_per_epoch=sum(seconds) / len(seconds) if seconds else math.nan,
+            supernet_shared=shared is not None,
+        )
+        if variant.label == "ForwardOFA" and search_budgets:
+            try:  # a failed search leaves the trained run's row intact
+                record["search"], record["search_seconds"] = _search(trained, search_budgets)
+            except Exception as err:
+                record["search_error"] = f"{type(err).__name__}: {err}"
+    except Exception as err:  # a failed run is a row with its error, not a lost benchmark
+        record.update(status="error", error=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=8))
+    record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+class _Supernets:
+    """Stage-1 backbones by seed, on disk so that a resumed benchmark reuses them."""
+
+    def __init__(self, folder, key_of):
+        self.folder, self.key_of = Path(folder), key_of
+
+    def _path(self, seed):
+        return self.folder / f"supernet-{self.key_of(seed)}.pt"
+
+    def load(self, seed):
+        path = self._path(seed)
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+    def store(self, seed, state, seconds):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": state, "seconds": list(seconds)}, self._path(seed))
+
+
+def run_benchmark(
+    dataset: str,
+    config_file_list: List[str] | None = None,
+    config_dict: Dict[str, Any] | None = None,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] = (2020, 2021, 2022),
+    output_dir="fofa-benchmark",
+    search_budgets: Sequence[Any] | None = None,
+    progress: bool = True,
+):
+    """Run every model over every seed (finished runs in ``output_dir/runs`` are skipped) and
+    write the report; returns the :class:`~recbole_fofa.benchmark.report.BenchmarkReport`.
+
+    ``models``: labels for :func:`resolve_variants` (default: :func:`default_variants`).
+    ``search_budgets``: the ForwardOFA run's search (default: the config's ``search_budgets``,
+    else :data:`SEARCH_BUDGETS`; ``[]`` searches nothing).
+    """
+    from recbole_fofa.benchmark.report import BenchmarkReport
+
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"benchmark seeds: {seeds}; give one or more distinct integers")
+    common = dict(config_dict or {})
+    # the search runs on the ForwardOFA run only, from here: not a key of every model's config
+    configured_budgets = common.pop("search_budgets", None)
+    output_dir = Path(output_dir)
+    runs_dir = output_dir / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with experiment.quiet_console():
+        budget, n_blocks = epoch_budget(dataset, config_file_list, common)
+        variants = (default_variants(n_blocks) if not models
+                    else resolve_variants(list(models), n_blocks))
+        if search_budgets is None:
+            search_budgets = configured_budgets or SEARCH_BUDGETS
+        supernets = _Supernets(output_dir / "supernets",
+                               lambda seed: _supernet_key(seed, common, config_file_list,
+                                                          dataset))
+        jobs = [(v, s) for s in seeds for v in variants]
+        bar = tqdm(jobs, desc="benchmark", unit="run", disable=not progress, ncols=100)
+        for variant, seed in bar:
+            path = runs_dir / f"{_file_stem(variant.label, seed)}.json"
+            bar.set_postfix_str(f"{variant.label} seed {seed}")
+            if path.is_file() and json.loads(path.read_text()).get("status") == "ok":
+                continue  # finished in an earlier invocation
+            record = run_one(variant, seed, dataset, config_file_list, common, budget,
+                             output_dir, supernets, list(search_budgets))
+            path.write_text(json.dumps(record, indent=1, default=_json_default))
+    records = [json.loads((runs_dir / f"{_file_stem(v.label, s)}.json").read_text())
+               for s in seeds for v in variants]
+    settings = {"dataset": dataset, "config_files": config_file_list or [],
+                "overrides": common, "seeds": seeds, "epoch_budget": budget,
+                "models": [asdict(v) for v in variants],
+                "search_budgets": list(search_budgets)}
+    return BenchmarkReport(records, settings).write(output_dir)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

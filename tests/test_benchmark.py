@@ -1,0 +1,188 @@
+"""The multi-seed benchmark (runner, report, CLI) and the one table formatter."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from recbole_fofa import cli
+from recbole_fofa.benchmark import runner
+from recbole_fofa.benchmark.runner import Variant, resolve_variants, run_benchmark
+from recbole_fofa.table import format_cell, format_table
+
+
+@pytest.fixture
+def bench(planted):
+    """(dataset, config) for two-epoch benchmark runs on the planted data."""
+    dataset, config = planted
+    config = dict(config, n_blocks=3, supernet_epochs=1, epochs=1, search_budgets=[0.5],
+                  state="INFO")
+    return dataset, config
+
+
+def _png(path):
+    data = open(path, "rb").read()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_two_models_two_seeds_end_to_end(bench, tmp_path, capfd):
+    dataset, config = bench
+    report = run_benchmark(dataset, None, config, ["ForwardOFA", "SASRec-1"], [3, 4],
+                           tmp_path / "out", progress=False)
+    summary = {row["label"]: row for row in report.summary()}
+    assert set(summary) == {"ForwardOFA", "SASRec-1"}
+    for row in summary.values():
+        assert row["seeds_ok"] == 2 and row["errors"] == []
+        for key in ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr@10"]:
+            assert 0.0 <= row[f"{key}_mean"] <= 1.0 and row[f"{key}_std"] >= 0.0
+        assert row["train_s_per_epoch_mean"] > 0 and row["eval_s_per_1k_users_mean"] > 0
+    # the planted successor pattern is learned: far above a random ranking (~0.07 here)
+    assert summary["SASRec-1"]["ndcg@10_mean"] > 0.3
+    # SASRec with one layer costs what one full ForwardOFA block costs
+    full_block = summary["SASRec-1"]["macs_mean"]
+    assert summary["ForwardOFA"]["macs_mean"] <= 3 * full_block
+    assert summary["SASRec-1"]["blocks_mean"] == 1.0
+
+    rows = list(csv.DictReader(open(report.files["csv"])))
+    assert [(r["label"], r["seed"]) for r in rows] == [
+        ("ForwardOFA", "3"), ("SASRec-1", "3"), ("ForwardOFA", "4"), ("SASRec-1", "4")]
+    assert all(r["status"] == "ok" and float(r["ndcg@10"]) > 0 for r in rows)
+    assert _png(report.files["png"])
+    md = open(report.files["md"]).read()
+    assert "| ForwardOFA" in md and "± " in md and "![NDCG@10 vs MACs](benchmark.png)" in md
+    # the search ran on the ForwardOFA runs: a searched and a controller point at budget 0.5
+    kinds = {(p["budget"], p["kind"]): p for p in report.search_points()}
+    assert set(kinds) == {("0.5", "searched"), ("0.5", "controller")}
+    assert kinds[("0.5", "searched")]["seeds"] == 2
+    assert kinds[("0.5", "searched")]["macs_mean"] <= 0.5 * 3 * full_block
+    # quiet console: no model dump or per-epoch lines, no library warnings
+    out, err = capfd.readouterr()
+    assert "Trainable parameters" not in out + err and "FutureWarning" not in out + err
+
+
+def test_resume_skips_finished_runs_and_failures_are_rows(bench, tmp_path, monkeypatch):
+    dataset, config = bench
+    config = dict(config, epochs=1)
+    out = tmp_path / "out"
+    report = run_benchmark(dataset, None, config, ["SASRec-1", "NoSuchModel"], [1],
+                           out, progress=False)
+    rows = {r["label"]: r for r in report.records}
+    assert rows["SASRec-1"]["status"] == "ok"
+    assert rows["NoSuchModel"]["status"] == "error"
+    assert "NoSuchModel" in rows["NoSuchModel"]["error"]
+    assert any("NoSuchModel seed 1" in line for line in report.errors())
+    assert "## Failed runs" in open(report.files["md"]).read()
+
+    calls = []
+    real = runner.run_one
+    monkeypatch.setattr(runner, "run_one",
+                        lambda variant, *a, **k: calls.append(variant.label) or real(variant,
+                                                                                     *a, **k))
+    again = run_benchmark(dataset, None, config, ["SASRec-1", "NoSuchModel"], [1], out,
+                          progress=False)
+    assert calls == ["NoSuchModel"]  # the finished run is read back, the failed one retried
+    stored = json.loads((out / "runs" / "SASRec-1__seed1.json").read_text())
+    assert again.records[0]["test"] == stored["test"] == rows["SASRec-1"]["test"]
+
+
+def test_ablations_share_the_supernet_of_their_seed(bench, tmp_path):
+    dataset, config = bench
+    report = run_benchmark(dataset, None, config,
+                           ["ForwardOFA", "ForwardOFA-nomapper", "ForwardOFA-allblocks"], [5],
+                           tmp_path / "out", search_budgets=[], progress=False)
+    rows = {r["label"]: r for r in report.records}
+    assert all(r["status"] == "ok" for r in rows.values()), report.errors()
+    assert rows["ForwardOFA"]["supernet_shared"] is False
+    for label in ("ForwardOFA-nomapper", "ForwardOFA-allblocks"):
+        assert rows[label]["supernet_shared"] is True
+        assert rows[label]["epochs"] == rows["ForwardOFA"]["epochs"] == {"supernet": 1,
+                                                                          "adapt": 1}
+    # no controller: every user keeps all three blocks
+    assert rows["ForwardOFA-allblocks"]["test"]["blocks"] == 3.0
+    stored = list((tmp_path / "out" / "supernets").glob("supernet-*.pt"))
+    assert len(stored) == 1
+    state = torch.load(stored[0], weights_only=True)["state"]
+    assert "item_embedding.weight" in state and not any(k.startswith("mapper.") for k in state)
+
+
+def test_baselines_train_the_forward_ofa_epoch_budget(bench, tmp_path):
+    dataset, config = bench
+    budget, n_blocks = runner.epoch_budget(dataset, None, dict(config, supernet_epochs=2))
+    assert budget == {"supernet_epochs": 2, "epochs": 1, "total": 3} and n_blocks == 3
+    settings = runner._run_settings(Variant("SASRec-2", "SASRec", {"n_layers": 2}), 7,
+                                    dict(config), budget, tmp_path)
+    assert settings["epochs"] == 3 and settings["seed"] == 7 and settings["n_layers"] == 2
+    assert settings["topk"] == [5, 10, 20] and "MRR" in settings["metrics"]
+
+
+def test_resolve_variants():
+    variants = {v.label: v for v in resolve_variants(
+        ["ForwardOFA", "ForwardOFA-shared", "SASRec-6", "ForwardOFA-4", "GRU4Rec"], 6)}
+    assert variants["ForwardOFA-shared"].overrides == {"mapper_mode": "shared"}
+    assert variants["ForwardOFA-shared"].shares_supernet
+    assert variants["SASRec-6"] == Variant("SASRec-6", "SASRec", {"n_layers": 6}, "baseline")
+    assert variants["ForwardOFA-4"].overrides == {"n_blocks": 4}
+    assert not variants["ForwardOFA-4"].shares_supernet  # a different supernet
+    assert variants["GRU4Rec"].overrides == {}
+    default = [v.label for v in runner.default_variants(6)]
+    assert default[:6] == ["ForwardOFA", "ForwardOFA-shared", "ForwardOFA-nomapper",
+                           "ForwardOFA-allblocks", "SASRec-2", "SASRec-6"]
+    assert {"GRU4Rec", "BERT4Rec", "Caser", "NextItNet", "LightSANs"} <= set(default)
+    with pytest.raises(ValueError, match="twice"):
+        resolve_variants(["SASRec-2", "SASRec-2"], 6)
+    with pytest.raises(ValueError, match="seeds"):
+        run_benchmark("x", seeds=[1, 1])
+
+
+def test_cli_benchmark(bench, tmp_path, capsys):
+    dataset, config = bench
+    flags = [f"--{key}={value!r}" if not isinstance(value, str) else f"--{key}={value}"
+             for key, value in config.items() if key != "state"]
+    out = tmp_path / "cli-out"
+    assert cli.main(["--benchmark", "--model=SASRec-1", "--seeds=2", f"--output={out}",
+                     f"--dataset={dataset}", *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "SASRec-1" in printed and "2/2" in printed and "written:" in printed
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "SASRec-1__seed2020.json", "SASRec-1__seed2021.json"]
+
+
+def test_cli_seeds_and_modes():
+    # `--seed` is RecBole's config key, not an abbreviation of --seeds
+    args, rest = cli.build_parser().parse_known_args(["--seed=5", "--seeds=2"])
+    assert args.seeds == "2" and rest == ["--seed=5"]
+    assert cli.parse_seeds(None, 2020, 3) == [2020, 2021, 2022]
+    assert cli.parse_seeds("2", 7, 3) == [7, 8]
+    assert cli.parse_seeds("5,1", 7, 3) == [5, 1]
+    for bad in ("0", "x", "1,1", ""):
+        with pytest.raises(SystemExit, match="--seeds"):
+            cli.parse_seeds(bad, 2020, 3)
+    with pytest.raises(SystemExit, match="cannot be combined"):
+        cli.main(["--benchmark", "--analysis=blocks"])
+    with pytest.raises(SystemExit, match="--seeds and --output"):
+        cli.main(["--model=SASRec", "--seeds=2"])
+
+
+def test_format_table_styles_and_cells():
+    rows = [{"model": "SASRec", "ndcg@10": 0.051234, "macs": 378880, "blocks": None},
+            {"model": "ForwardOFA", "ndcg@10": math.nan, "macs": 264573.4, "x": True}]
+    text = format_table(rows).splitlines()
+    assert text[0].split() == ["model", "ndcg@10", "macs", "blocks", "x"]
+    assert text[1].split() == ["SASRec", "0.0512", "378,880", "-", "-"]
+    assert text[2].split() == ["ForwardOFA", "-", "264,573", "-", "True"]
+    assert len({len(line) for line in text}) == 1  # aligned
+    md = format_table(rows, ["model", "macs"], style="markdown").splitlines()
+    assert md[0] == "| model      |    macs |"
+    assert md[1] == "| ---------- | ------: |"
+    assert md[2] == "| SASRec     | 378,880 |"
+    assert format_cell(12.5, digits=1) == "12.5" and format_cell(float("inf")) == "inf"
+    assert format_table([("a|b", 1)], ["k", "v"], style="markdown").splitlines()[2] == \
+        "| a\\|b |   1 |"
+    with pytest.raises(ValueError, match="style"):
+        format_table(rows, style="html")
+    with pytest.raises(ValueError, match="3 cells for 2 columns"):
+        format_table([(1, 2, 3)], ["a", "b"])
+    with pytest.raises(ValueError, match="need `columns`"):
+        format_table([(1, 2)])
