@@ -1,0 +1,249 @@
+"""Block selection (the paper's figure 4): which blocks the structure controller keeps for the test
+users, how many, and how varied the per-user structures are.
+
+Per seed ForwardOFA is trained once. Its test users' kept masks give the keep frequency of each
+block, the distribution of users by number of kept blocks, the number of distinct structures, the
+entropy of the structure distribution and the most common structure's share. The same statistics
+are measured for settings that may change how varied the structures are: the evaluation
+``keep_threshold`` (post hoc, on the same model) and stage-2 keys (stage 2 retrained from the same
+supernet, one training per value).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict, List
+
+import numpy as np
+
+from recbole_fofa import experiment, plots
+from recbole_fofa.analysis import AnalysisResult
+from recbole_fofa.analysis._common import (
+    MODEL,
+    bits,
+    check_values,
+    error_bars,
+    fmt,
+    mean_std,
+    progress_bar,
+    require_metrics,
+    require_stage2,
+    resolve_config,
+    resolve_seeds,
+    run_config,
+    structure_stats,
+    user_structures,
+)
+
+__all__ = ["run_blocks", "DEFAULT_VARIATIONS", "STAGE2_KEYS", "DOMINANT_SHARE"]
+
+NAME = "blocks"
+#: a structure covering at least this share of users is reported as dominant
+DOMINANT_SHARE = 0.8
+#: stage-2 retrainings tried by default: no / strong sparsity, a warmer final Gumbel temperature,
+#: a shorter and a longer behaviour window for the controller
+DEFAULT_VARIATIONS = {"sparsity_weight": [0.0, 0.5], "tau_end": [0.5], "rt_len": [3, 20]}
+#: keys a variation may change: they act in stage 2 only, so the supernet is shared
+STAGE2_KEYS = ("sparsity_weight", "tau_start", "tau_end", "tau_anneal_epochs", "rt_len",
+               "extractor", "mapper_mode", "mapper_rank", "mapper_hidden", "backbone_lr_scale")
+
+
+def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fofa-output",
+               seeds=None, progress=True, thresholds=(0.3, 0.5, 0.7),
+               variations=None) -> AnalysisResult:
+    """Per-user block selection of ForwardOFA on the test split, and what changes it.
+
+    ``thresholds``: evaluation ``keep_threshold`` values applied post hoc to the trained model
+    (the configured one is always included). ``variations``: ``{stage-2 key: [values]}`` (keys
+    from :data:`STAGE2_KEYS`; None: :data:`DEFAULT_VARIATIONS`; ``{}``: none), each value one
+    stage-2 retraining from the seed's supernet. Statistics are means over ``seeds``.
+
+    Writes ``<output_dir>/blocks.png`` ((a) keep frequency per block, (b) users by number of kept
+    blocks, (c) top-structure share and entropy per setting), ``blocks.md`` and ``blocks.csv``
+    (one row per setting); returns the :class:`AnalysisResult`.
+    """
+    thresholds = check_values("thresholds", thresholds, key="keep_threshold")
+    variations = _check_variations(DEFAULT_VARIATIONS if variations is None else variations)
+    config = resolve_config(dataset, config_file_list, config_dict)
+    require_metrics(config, ["NDCG"])
+    require_stage2(config)
+    seeds = resolve_seeds(config, seeds)
+    trained_threshold = config["keep_threshold"]
+    thresholds = sorted(set(thresholds) | {trained_threshold})
+    n_blocks = config["n_blocks"]
+
+    settings = [(f"keep_threshold={t:g}", "post hoc" if t != trained_threshold else "trained")
+                for t in thresholds]
+    settings += [(f"{key}={value}", "stage 2 retrained") for key, values in variations.items()
+                 for value in values]
+    measured: Dict[str, List[dict]] = {label: [] for label, _ in settings}
+    trainings = len(seeds) * (1 + sum(len(v) for v in variations.values()))
+    with progress_bar(trainings, "block selection", progress) as bar:
+        for seed in seeds:
+            trained = experiment.train(MODEL, dataset, config_file_list,
+                                       run_config(config_dict, seed))
+            bar.update(1)
+            model = trained.model
+            try:
+                for threshold in thresholds:
+                    model.keep_threshold = threshold
+                    measured[f"keep_threshold={threshold:g}"].append(_measure(trained))
+            finally:
+                model.keep_threshold = trained_threshold
+            for key, values in variations.items():
+                for value in values:
+                    variant = experiment.train(
+                        MODEL, dataset, config_file_list,
+                        run_config(config_dict, seed, **{key: value}),
+                        supernet=trained.supernet,
+                        supernet_seconds=trained.epoch_seconds.get("supernet"),
+                    )
+                    measured[f"{key}={value}"].append(_measure(variant))
+                    bar.update(1)
+
+    rows = [_row(label, kind, measured[label], n_blocks) for label, kind in settings]
+    columns = ["setting", "kind", "users", "distinct", "entropy", "entropy_std", "top_structure",
+               "top_share", "top_share_std", "mean_blocks", "ndcg@10", "ndcg@10_std"]
+    columns += [f"keep_b{b + 1}" for b in range(n_blocks)]
+    columns += [f"users_{k}_blocks" for k in range(1, n_blocks + 1)]
+    base = next(row for row in rows if row["kind"] == "trained")
+    result = AnalysisResult(
+        NAME, rows, columns, _findings(base, rows, n_blocks),
+        settings={"dataset": dataset, "model": MODEL, "seeds": seeds, "n_blocks": n_blocks,
+                  "trained keep_threshold": trained_threshold, "thresholds": thresholds,
+                  "variations": variations, "split": "test",
+                  "statistics": "per seed, then mean (std) over seeds; top_structure is the most "
+                  "common structure over all seeds' users (bit l = block l kept)"},
+    )
+    base_seeds = measured[base["setting"]]
+    keep_std = (np.std([s["keep_frequency"] for s in base_seeds], axis=0, ddof=1)
+                if len(base_seeds) > 1 else None)
+    png = _plot(base, keep_std, rows, n_blocks, f"{output_dir}/{NAME}.png", dataset)
+    return result.save(output_dir, png)
+
+
+def _check_variations(variations):
+    if not isinstance(variations, dict):
+        raise ValueError(f"variations={variations!r}: expected a dict {{stage-2 key: [values]}}")
+    checked = {}
+    for key, values in variations.items():
+        if key not in STAGE2_KEYS:
+            raise ValueError(f"variations key {key!r} is not a stage-2 key: use one of "
+                             f"{STAGE2_KEYS} (each retrains stage 2 from the same supernet)")
+        checked[key] = check_values(f"variations[{key!r}]", values, key=key)
+    return checked
+
+
+def _measure(trained):
+    """Structure statistics and test NDCG@10 of a trained model as it is now."""
+    masks = user_structures(trained.model, trained.test_data)
+    stats = structure_stats(masks)
+    stats["masks"] = masks
+    stats["ndcg@10"] = trained.evaluate(trained.test_data)[0]["ndcg@10"]
+    return stats
+
+
+def _row(label, kind, per_seed, n_blocks):
+    """One table row: statistics averaged over seeds (std of entropy, top share and NDCG)."""
+    pooled = Counter(bits(mask) for stats in per_seed for mask in stats["masks"])
+    top, top_users = pooled.most_common(1)[0]
+    row = {"setting": label, "kind": kind, "users": per_seed[0]["users"],
+           "distinct": float(np.mean([s["distinct"] for s in per_seed])),
+           "top_structure": top, "pooled_top_users": top_users,
+           "pooled_users": sum(s["users"] for s in per_seed)}
+    for key, name in (("entropy", "entropy"), ("top_share", "top_share"),
+                      ("ndcg@10", "ndcg@10")):
+        row[name], row[f"{name}_std"] = mean_std(s[key] for s in per_seed)
+    row["mean_blocks"] = float(np.mean([s["mean_blocks"] for s in per_seed]))
+    keep = np.mean([s["keep_frequency"] for s in per_seed], axis=0)
+    by_blocks = np.mean([s["users_by_blocks"] for s in per_seed], axis=0)
+    for b in range(n_blocks):
+        row[f"keep_b{b + 1}"] = float(keep[b])
+    for k in range(1, n_blocks + 1):
+        row[f"users_{k}_blocks"] = float(by_blocks[k])
+    return row
+
+
+def _short(label):
+    key, value = label.split("=")
+    names = {"keep_threshold": "thr", "sparsity_weight": "lambda", "tau_end": "tau_end",
+             "rt_len": "rt_len"}
+    return f"{names.get(key, key)} {value}"
+
+
+def _plot(base, keep_std, rows, n_blocks, path, dataset):
+    fig, (keep_ax, users_ax, share_ax) = plots.figure(
+        3, width=4.6, height=3.6, title=f"ForwardOFA on {dataset}: block selection "
+        f"({base['setting']})")
+    plots.bars(keep_ax, [f"b{b + 1}" for b in range(n_blocks)],
+               [base[f"keep_b{b + 1}"] for b in range(n_blocks)], xlabel="block",
+               ylabel="fraction of test users keeping it",
+               errors=None if keep_std is None else list(keep_std))
+    keep_ax.set_ylim(0, 1.05)
+    keep_ax.set_title("(a) keep frequency", fontsize=9)
+    plots.bars(users_ax, [str(k) for k in range(1, n_blocks + 1)],
+               [base[f"users_{k}_blocks"] for k in range(1, n_blocks + 1)],
+               xlabel="number of kept blocks", ylabel="fraction of test users")
+    users_ax.set_ylim(0, 1.05)
+    users_ax.set_title("(b) users by number of kept blocks", fontsize=9)
+    labels = [_short(row["setting"]) for row in rows]
+    plots.bars(share_ax, labels, [row["top_share"] for row in rows], xlabel="setting",
+               ylabel="top-structure share (bars)",
+               errors=error_bars(row["top_share_std"] for row in rows))
+    share_ax.axhline(DOMINANT_SHARE, color="k", linestyle=":", linewidth=1)
+    share_ax.set_ylim(0, 1.05)
+    share_ax.tick_params(axis="x", rotation=35)
+    entropy_ax = share_ax.twinx()
+    entropy_ax.plot(range(len(rows)), [row["entropy"] for row in rows], "o-", color="C1")
+    entropy_ax.set_ylabel("entropy of structures, bits (line)", color="C1")
+    entropy_ax.set_ylim(0, max(1.0, max(row["entropy"] for row in rows) * 1.15))
+    share_ax.set_title("(c) structure diversity per setting", fontsize=9)
+    return plots.save(fig, path)
+
+
+def _describe(row):
+    return (f"{row['setting']}: top structure {row['top_structure']} covers "
+            f"{row['top_share']:.1%} of users, {row['distinct']:.1f} distinct structures, "
+            f"entropy {row['entropy']:.2f} bits, {row['mean_blocks']:.2f} blocks on average, "
+            f"NDCG@10 {fmt(row['ndcg@10'])}")
+
+
+def _findings(base, rows, n_blocks):
+    findings = [
+        f"As trained ({base['setting']}), {base['distinct']:.1f} distinct structures over "
+        f"{base['users']} test users (entropy {base['entropy']:.2f} bits; at most "
+        f"{np.log2(2 ** n_blocks - 1):.2f} for {n_blocks} blocks); the most common, "
+        f"{base['top_structure']}, covers "
+        f"{base['top_share']:.1%} of users; {base['mean_blocks']:.2f} of {n_blocks} blocks kept "
+        f"on average; test NDCG@10 {fmt(base['ndcg@10'])}.",
+        "Keep frequency per block: " + ", ".join(
+            f"b{b + 1} {base[f'keep_b{b + 1}']:.0%}" for b in range(n_blocks)) + ".",
+        "Users by number of kept blocks: " + ", ".join(
+            f"{k}: {base[f'users_{k}_blocks']:.0%}" for k in range(1, n_blocks + 1)) + ".",
+    ]
+    others = [row for row in rows if row is not base]
+    if base["top_share"] >= DOMINANT_SHARE:
+        findings.append(
+            f"One structure dominates: {base['top_structure']} is the sub-network of "
+            f"{base['top_share']:.1%} of test users (>= {DOMINANT_SHARE:.0%}), so the controller "
+            f"assigns {'every user' if base['top_share'] == 1 else 'nearly everyone'} the same "
+            "structure."
+        )
+        varied = [row for row in others if row["top_share"] < DOMINANT_SHARE]
+        if varied:
+            findings.append("Settings that bring the top structure below "
+                            f"{DOMINANT_SHARE:.0%}: " + "; ".join(_describe(r) for r in varied)
+                            + ".")
+        elif others:
+            closest = min(others, key=lambda row: row["top_share"])
+            findings.append(f"None of the {len(others)} other settings brings the top structure "
+                            f"below {DOMINANT_SHARE:.0%}; the closest is " + _describe(closest)
+                            + ".")
+    elif others:
+        most = max(rows, key=lambda row: row["entropy"])
+        findings.append(f"No structure covers {DOMINANT_SHARE:.0%} of users; the most varied "
+                        "setting is " + _describe(most) + ".")
+    if others:
+        best = max(rows, key=lambda row: row["ndcg@10"])
+        findings.append(f"Best test NDCG@10 among the settings: {_describe(best)}.")
+    return findings
