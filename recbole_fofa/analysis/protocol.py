@@ -764,8 +764,8 @@ def run_protocol(dataset, config_file_list=None, config_dict=None, output_dir="f
     """
     seeds = _check_options(n_candidates, sessions, finetune_steps, finetune_lr, seeds)
     if trained is not None and seeds is not None and len(seeds) > 1:
-        raise ValueError(f"seeds = {seeds}: with trained= the model is given, so use at most one "
-                         "seed (it seeds the sessions and candidates)")
+        raise ValueError(f"seeds = {seeds}: use at most one seed with trained= (the model is "
+                         "given; the seed draws the sessions and candidates)")
     def runs():
         if trained is not None:
             yield trained, None if seeds is None else seeds[0]
