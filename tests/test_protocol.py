@@ -174,7 +174,7 @@ def test_bytes_are_the_sizes_of_the_tensors_sent(trained, users):
         assert ft.device_macs == model.shape.full_macs() + cost.scoring_macs(C, d)
         assert ft.device_train_macs > 0 and fofa.device_train_macs == 0
         assert fofa.resident_bytes < fofa.peak_bytes < ft.peak_bytes
-        assert fofa.adaptation_seconds > 0 and ft.adaptation_seconds > 0
+        assert 0 < fofa.forward_seconds <= fofa.adaptation_seconds and ft.adaptation_seconds > 0
 
 
 def test_device_scores_from_the_received_state_equal_the_cloud_extraction(perturbed, users):
@@ -250,6 +250,7 @@ def test_run_protocol_writes_png_md_csv(trained, tmp_path):
     assert fofa["bytes_up"] > 0 and ft["bytes_up"] == 0 and not fofa["backprop"] and ft["backprop"]
     assert fofa["model_bytes_down"] <= ft["model_bytes_down"]
     assert fofa["adaptation_ratio"] == pytest.approx(fofa["adaptation_ms"] / ft["adaptation_ms"])
+    assert 0 < fofa["forward_ms"] <= fofa["adaptation_ms"] and ft["forward_ms"] > 0
     assert 0 <= fofa["NDCG@10"] <= fofa["Hit@10"] <= 1
     assert re.search(r"claim .* (holds|does not hold).*ratio of [\d.]+%", result.findings[0])
     files = result.files
