@@ -678,19 +678,22 @@ def _rows(records, finetune_steps):
         def mean(attr, rs=rs):
             return float(np.mean([getattr(r, attr) for r in rs]))
 
+        def whole(attr):  # bytes and MACs: a mean to the nearest unit
+            return int(round(mean(attr)))
+
         ratio = mean_ms[method] / mean_ms["fine-tuning"] if mean_ms["fine-tuning"] > 0 else None
         rows.append({
             "method": method if method == "Forward-OFA" else f"fine-tuning ({finetune_steps} "
                                                               "steps)",
             "sessions": len(rs),
             "kept_blocks": mean("kept_blocks"),
-            "bytes_down": mean("bytes_down"),
-            "model_bytes_down": mean("model_bytes_down"),
-            "bytes_up": mean("bytes_up"),
-            "device_macs": mean("device_macs"),
-            "device_train_macs": mean("device_train_macs"),
-            "cloud_macs": mean("cloud_macs"),
-            "device_peak_bytes": mean("peak_bytes"),
+            "bytes_down": whole("bytes_down"),
+            "model_bytes_down": whole("model_bytes_down"),
+            "bytes_up": whole("bytes_up"),
+            "device_macs": whole("device_macs"),
+            "device_train_macs": whole("device_train_macs"),
+            "cloud_macs": whole("cloud_macs"),
+            "device_peak_bytes": whole("peak_bytes"),
             "adaptation_ms": mean_ms[method],
             "forward_ms": 1e3 * mean("forward_seconds"),
             "adaptation_ratio": ratio,
@@ -745,30 +748,52 @@ def _findings(rows, records, finetune_steps):
     return out
 
 
+def _label_bars(ax, bars, values, fmt, floor=0.0):
+    """Write each value above its bar; a value of 0 (no bar on a log axis) sits at ``floor``."""
+    for bar, value in zip(bars, values):
+        ax.annotate(fmt(value), (bar.get_x() + bar.get_width() / 2, value if value > 0 else floor),
+                    ha="center", va="bottom", fontsize=7)
+
+
+def _log_floor(values):
+    positive = [v for v in values if v > 0]
+    return min(positive) / 2 if positive else 1.0
+
+
 def _plot(rows, path):
     labels = [row["method"] for row in rows]
+    positions = np.arange(len(rows))
     fig, axes = plots.figure(3, width=4.5, height=3.8,
                              title="Cloud-device protocol: Forward-OFA vs on-device fine-tuning")
-    times = [max(row["adaptation_ms"], 1e-6) for row in rows]
-    plots.bars(axes[0], labels, times, "", "adaptation ms per session (log)")
+    times = [row["adaptation_ms"] for row in rows]
+    bars = axes[0].bar(positions, [t if t > 0 else np.nan for t in times], width=0.6)
+    _label_bars(axes[0], bars, times, lambda v: f"{v:.3g} ms", _log_floor(times))
     axes[0].set_yscale("log")
-    positions = np.arange(len(rows))
+    axes[0].set_ylim(_log_floor(times) / 2, 2 * max(max(times), 1e-9))
+    axes[0].set_ylabel("adaptation ms per session (log)")
     for offset, metric in ((-0.2, "NDCG@10"), (0.2, "Hit@10")):
-        axes[1].bar(positions + offset, [row[metric] for row in rows], width=0.4, label=metric)
-    axes[1].set_xticks(positions)
-    axes[1].set_xticklabels(labels, fontsize=8)
+        values = [row[metric] for row in rows]
+        bars = axes[1].bar(positions + offset, values, width=0.4, label=metric)
+        _label_bars(axes[1], bars, values, lambda v: f"{v:.3f}")
+    axes[1].set_ylim(0, 1.1)
     axes[1].set_ylabel(f"quality among the cached candidates (top {TOPK})")
-    axes[1].legend(fontsize=7)
-    axes[1].grid(alpha=0.3, axis="y")
+    sizes = [row[f"bytes_{d}"] for row in rows for d in DIRECTIONS]
+    floor = _log_floor(sizes)
     for offset, direction in ((-0.2, "down"), (0.2, "up")):
-        values = [max(row[f"bytes_{direction}"], 1.0) for row in rows]
-        axes[2].bar(positions + offset, values, width=0.4, label=f"bytes {direction}")
+        values = [row[f"bytes_{direction}"] for row in rows]
+        bars = axes[2].bar(positions + offset, [v if v > 0 else np.nan for v in values],
+                           width=0.4, label=f"bytes {direction}")
+        _label_bars(axes[2], bars, values, lambda v: f"{v:,.0f}", floor)
     axes[2].set_yscale("log")
-    axes[2].set_xticks(positions)
-    axes[2].set_xticklabels(labels, fontsize=8)
+    axes[2].set_ylim(floor / 2, 3 * max(max(sizes), 1))
     axes[2].set_ylabel("bytes per session (log)")
-    axes[2].legend(fontsize=7)
-    axes[2].grid(alpha=0.3, axis="y")
+    for ax in axes:
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_xticks(positions)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes[1:]:
+        ax.legend(fontsize=7)
     return plots.save(fig, path)
 
 
