@@ -306,7 +306,7 @@ class Cloud:
             target.dense_2.weight += u2 @ user.g2[0] @ v2
             target.ffn_norm.weight += user.ln_scale[0]
             target.ffn_norm.bias += user.ln_shift[0]
-        sub.user_specific = True
+            sub.user_specific = True
 
     @torch.no_grad()
     def full_model(self) -> Message:
