@@ -18,6 +18,7 @@ from recbole_fofa import cost
 from recbole_fofa.evaluator import measure
 from recbole_fofa.quick_start import prepare
 from recbole_fofa.subnet import SupernetShape
+from recbole_fofa.table import format_table
 
 _SEQ = {"inter": ["user_id", "item_id", "timestamp"]}
 _CONTEXT = {"inter": ["user_id", "item_id", "rating", "timestamp"],
@@ -49,15 +50,12 @@ def main():
             _, model, (train, _, _) = prepare(name, "ml-100k", config_dict=config)
             c = measure.model_cost(model, measure.one_row_interaction(train))
             note = f"uncounted: {', '.join(c.uncounted_ops)}" if c.uncounted_ops else ""
-            rows.append((name, f"{c.macs:,}", f"{c.params:,}", str(c.blocks), c.source,
-                         c.covers, note))
+            rows.append((name, c.macs, c.params, c.blocks, c.source, c.covers, note))
         except cost.CostNotMeasurableError as err:
-            rows.append((name, "-", "-", "-", "not measurable", "", err.reason[:70]))
-    header = ("model", "MACs/user", "Params", "Blocks", "source", "covers", "note")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            rows.append((name, None, None, None, "not measurable", "", err.reason[:70]))
     print(f"\nRecBole defaults, MAX_ITEM_LIST_LENGTH={args.max_len}, ml-100k (FLOPs = 2 x MACs)")
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    print(format_table(rows, ["model", "MACs/user", "Params", "Blocks", "source", "covers",
+                              "note"]))
 
     masks = np.random.default_rng(0).random((10_000, 6)) < 0.5
     per_block = np.full(6, cost.block_macs(args.max_len, 64, 256, 2))

@@ -29,6 +29,7 @@ from recbole_fofa import get_trainer
 from recbole_fofa.quick_start import load_data_and_model, prepare
 from recbole_fofa.search import CompoundSpace, SearchSettings, build_space, search
 from recbole_fofa.search.estimator import SubnetEstimator
+from recbole_fofa.table import format_table
 
 MAIN = str(Path(__file__).resolve().parent.parent / "properties" / "main.yaml")
 STRATEGIES = ("independent", "bottom_up", "top_down", "pareto")
@@ -77,12 +78,7 @@ def run_search(trainer, valid, space, budgets, strategy, settings, seed, eval_us
 
 
 def table(header, rows):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
-    line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |"
-    print(line)
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+    print(format_table(rows, list(header), style="markdown"))
 
 
 def main():

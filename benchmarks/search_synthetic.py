@@ -26,6 +26,7 @@ import numpy as np
 
 from recbole_fofa.search import ElasticSpace, SearchSettings, search
 from recbole_fofa.subnet import SupernetShape
+from recbole_fofa.table import format_table
 
 STRATEGIES = ("independent", "bottom_up", "top_down", "pareto")
 
@@ -99,10 +100,9 @@ def main():
     settings = SearchSettings(generations=args.generations)
     print(f"elastic space: {space.size():,} sub-networks, 6 blocks; OFA settings, "
           f"{settings.generations} generations, {settings.warm} warm; {args.seeds} seeds")
-    header = (f"{'k':>3} {'strategy':>12} {'evals':>7} {'x indep':>8} {'x own k=1':>9} "
-              f"{'seconds':>8} {'x indep':>8} {'x own k=1':>9} {'min dq':>8} {'mean dq':>8} "
-              f"{'max regret':>10} {'dup evals':>9}")
-    print(header)
+    columns = ["k", "strategy", "evals", "x indep", "x own k=1", "seconds", "s x indep",
+               "s x own k=1", "min dq", "mean dq", "max regret", "dup evals"]
+    table = []
     optimum = Optimum(space)
     own_k1 = {}
     for k in args.ks:
@@ -128,11 +128,10 @@ def main():
         for name, (ev, sec, q, reg, dups) in rows.items():
             dq = q - base[2] if base else np.zeros_like(q)
             k1 = own_k1.get(name, (float("nan"), float("nan")))
-            print(f"{k:>3} {name:>12} {ev:>7.0f} {ev / base[0] if base else 1:>8.3f} "
-                  f"{ev / k1[0]:>9.2f} {sec:>8.3f} {sec / base[1] if base else 1:>8.3f} "
-                  f"{sec / k1[1]:>9.2f} {dq.min():>+8.4f} {dq.mean():>+8.4f}"
-                  f" {reg:>10.4f} {dups:>9}")
-
+            table.append([k, name, int(ev), ev / base[0] if base else 1.0, ev / k1[0], sec,
+                          sec / base[1] if base else 1.0, sec / k1[1], float(dq.min()),
+                          float(dq.mean()), reg, dups])
+    print(format_table(table, columns))
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from recbole_fofa import compat
 from recbole_fofa.checks import MODEL_CHECKS, check_keys, check_metrics
 from recbole_fofa.config import Config
 from recbole_fofa.data_check import check_split
+from recbole_fofa.table import format_table
 from recbole_fofa.utils import get_model, get_trainer
 
 
@@ -256,28 +257,16 @@ def results_table(result):
     valid = result.get("best_valid_result") or {}
     test = result.get("test_result") or {}
     names = list(dict.fromkeys([*valid, *test]))
-    width = max([len("metric"), *map(len, names)])
-    lines = [f"{'metric':<{width}}  {'valid':>12}  {'test':>12}"]
-    for name in names:
-        cells = [_fmt(source.get(name)) for source in (valid, test)]
-        lines.append(f"{name:<{width}}  {cells[0]:>12}  {cells[1]:>12}")
-    return "\n".join(lines)
+    return format_table([[name, _number(valid.get(name)), _number(test.get(name))]
+                         for name in names], ["metric", "valid", "test"])
 
 
 def comparison_table(results):
     """One column per model, one row per metric: ``{model: metric dict}`` as aligned text."""
     names = list(dict.fromkeys(key for metrics in results.values() for key in metrics))
-    width = max([len("metric"), *map(len, names)])
-    cols = [max(12, len(model)) for model in results]
-    lines = [f"{'metric':<{width}}  " + "  ".join(f"{m:>{c}}" for m, c in zip(results, cols))]
-    for name in names:
-        cells = [_fmt(metrics.get(name)) for metrics in results.values()]
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>{c}}" for v, c in zip(cells, cols)))
-    return "\n".join(lines)
+    return format_table([[name, *(_number(m.get(name)) for m in results.values())]
+                         for name in names], ["metric", *results])
 
 
-def _fmt(value):
-    if value is None:
-        return "-"
-    value = float(value)
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+def _number(value):
+    return None if value is None else float(value)

@@ -85,6 +85,11 @@ def test_resume_skips_finished_runs_and_failures_are_rows(bench, tmp_path, monke
     assert calls == ["NoSuchModel"]  # the finished run is read back, the failed one retried
     stored = json.loads((out / "runs" / "SASRec-1__seed1.json").read_text())
     assert again.records[0]["test"] == stored["test"] == rows["SASRec-1"]["test"]
+    # other settings are not the finished run: it runs again
+    calls.clear()
+    run_benchmark(dataset, None, dict(config, learning_rate=0.02), ["SASRec-1"], [1], out,
+                  progress=False)
+    assert calls == ["SASRec-1"]
 
 
 def test_ablations_share_the_supernet_of_their_seed(bench, tmp_path):

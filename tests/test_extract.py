@@ -85,6 +85,12 @@ def test_user_extraction_folds_in_that_users_generated_parameters(fofa, cfg):
                                                                  lengths[row : row + 1]),
                                    user[row : row + 1], atol=1e-5, rtol=1e-5)
     assert not model.training  # extraction leaves the model's mode alone
+    # z: the behaviour code computed beforehand (the cloud's path) gives the same sub-model
+    with torch.no_grad():
+        z, _ = model.structure(seq[row : row + 1], lengths[row : row + 1])
+        torch.testing.assert_close(extract(model, cfg, z=z)(seq[row : row + 1],
+                                                            lengths[row : row + 1]),
+                                   user[row : row + 1], atol=1e-5, rtol=1e-5)
 
 
 def test_extract_rejects_bad_inputs(fofa):
@@ -97,6 +103,11 @@ def test_extract_rejects_bad_inputs(fofa):
         extract(model, SubnetConfig((64, 0, 0), (1, 0, 0)))
     with pytest.raises(TypeError, match="SubnetConfig"):
         extract(model, (True, False, True))
+    z = torch.zeros(1, model.hidden_size)
+    with pytest.raises(ValueError, match="not both"):
+        extract(model, CONFIGS[1], seq[0], z=z)
+    with pytest.raises(ValueError, match=r"\[1, d\]"):
+        extract(model, CONFIGS[1], z=torch.zeros(2, model.hidden_size))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.key)

@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from recbole_fofa import cost, plots
 from recbole_fofa.analysis import AnalysisResult
-from recbole_fofa.model.layers import deterministic_mask, repair_to_budget, slice_factors
+from recbole_fofa.model.layers import deterministic_mask, repair_to_budget
 from recbole_fofa.search.extract import SubnetModel, extract
 from recbole_fofa.subnet import SubnetConfig
 
@@ -277,36 +277,22 @@ class Cloud:
             start = time.perf_counter()
             z, mask = self.structure(window_message.tensors["item_embeddings"])
             cfg = model.shape.from_mask(mask.tolist())
-            gen = model.generated_params(z, cfg)
             self._sync()
-            forward = time.perf_counter() - start
-            sub = extract(model, cfg)
-            self._merge_generated(sub, cfg, gen)
+            controller = time.perf_counter() - start
+            # the mapper alone, timed apart: extract() below runs it again to fold it in
+            start = time.perf_counter()
+            model.generated_params(z, cfg)
+            self._sync()
+            forward = controller + time.perf_counter() - start
+            start = time.perf_counter()
+            sub = extract(model, cfg, z=None if model.stage == "supernet" else z)
             state = _model_state(sub)
             self._sync()
-            seconds = time.perf_counter() - start
+            seconds = controller + time.perf_counter() - start
         finally:
             model.train(was_training)
         tensors = {"structure_mask": mask.to(self.device), **state}
         return Adaptation(Message("submodel", "down", tensors), cfg, seconds, forward)
-
-    def _merge_generated(self, sub, cfg, gen):
-        """Fold the mapper's parameters ``gen`` (from the received features) into the extracted
-        blocks: the merge extract() applies when it is given item ids."""
-        model = self.model
-        if gen is None:  # supernet stage: no generated parameters
-            return
-        kept = [index for index, keep in enumerate(cfg.mask) if keep]
-        for target, index in zip(sub.blocks, kept):
-            user = gen[index]
-            if user is None:
-                continue
-            u1, v1, u2, v2 = slice_factors(model.mapper.factors(index), cfg.widths[index])
-            target.dense_1.weight += u1 @ user.g1[0] @ v1
-            target.dense_2.weight += u2 @ user.g2[0] @ v2
-            target.ffn_norm.weight += user.ln_scale[0]
-            target.ffn_norm.bias += user.ln_shift[0]
-            sub.user_specific = True
 
     @torch.no_grad()
     def full_model(self) -> Message:

@@ -135,9 +135,12 @@ def epoch_budget(dataset, config_file_list, common):
     return budget, int(config["n_blocks"])
 
 
-def _supernet_key(seed, common, config_file_list, dataset):
-    text = json.dumps([dataset, config_file_list, sorted(common.items()), seed], default=str,
-                      sort_keys=True)
+def settings_key(*parts, config_file_list=None) -> str:
+    """A short hash of what defines a run (or a shared supernet): ``parts`` and the *contents*
+    of the config files, so that an edited file or flag is not mistaken for a finished run."""
+    files = [Path(f).read_text() if Path(f).is_file() else str(f)
+             for f in (config_file_list or [])]
+    text = json.dumps([parts, files], default=str, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -158,11 +161,19 @@ def _search(trained, budgets):
     return rows, result.settings.get("search_seconds")
 
 
+def _run_key(variant, seed, dataset, config_file_list, common, search_budgets):
+    return settings_key(dataset, sorted(common.items()), variant.model,
+                        sorted(variant.overrides.items()), seed, search_budgets,
+                        config_file_list=config_file_list)
+
+
 def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir, supernets,
             search_budgets):
     """Train, time and test one (variant, seed); returns the run record (a JSON-able dict)."""
     record = {"label": variant.label, "model": variant.model, "kind": variant.kind,
-              "seed": seed, "overrides": variant.overrides, "status": "ok", "error": None}
+              "seed": seed, "overrides": variant.overrides, "status": "ok", "error": None,
+              "settings_key": _run_key(variant, seed, dataset, config_file_list, common,
+                                       search_budgets)}
     start = time.perf_counter()
     try:
         settings = _run_settings(variant, seed, common, budget, output_dir)
@@ -253,15 +264,19 @@ def run_benchmark(
         if search_budgets is None:
             search_budgets = configured_budgets or SEARCH_BUDGETS
         supernets = _Supernets(output_dir / "supernets",
-                               lambda seed: _supernet_key(seed, common, config_file_list,
-                                                          dataset))
+                               lambda seed: settings_key(dataset, sorted(common.items()), seed,
+                                                         config_file_list=config_file_list))
         jobs = [(v, s) for s in seeds for v in variants]
         bar = tqdm(jobs, desc="benchmark", unit="run", disable=not progress, ncols=100)
         for variant, seed in bar:
             path = runs_dir / f"{_file_stem(variant.label, seed)}.json"
             bar.set_postfix_str(f"{variant.label} seed {seed}")
-            if path.is_file() and json.loads(path.read_text()).get("status") == "ok":
-                continue  # finished in an earlier invocation
+            key = _run_key(variant, seed, dataset, config_file_list, common,
+                           list(search_budgets))
+            if path.is_file():
+                stored = json.loads(path.read_text())
+                if stored.get("status") == "ok" and stored.get("settings_key") == key:
+                    continue  # finished in an earlier invocation with the same settings
             record = run_one(variant, seed, dataset, config_file_list, common, budget,
                              output_dir, supernets, list(search_budgets))
             path.write_text(json.dumps(record, indent=1, default=_json_default))

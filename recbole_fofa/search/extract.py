@@ -152,34 +152,45 @@ def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def extract(model, cfg: SubnetConfig, item_seq=None, item_seq_len=None) -> SubnetModel:
+def extract(model, cfg: SubnetConfig, item_seq=None, item_seq_len=None,
+            z: Optional[torch.Tensor] = None) -> SubnetModel:
     """The sub-network ``cfg`` of ``model`` (a ForwardOFA) as a standalone :class:`SubnetModel`.
 
     ``item_seq`` (one user's right-padded items, [T] or [1, T]) with optional ``item_seq_len``
-    folds that user's generated parameters in (adapt stage); without it the supernet's weights
-    are used. The result is in eval mode, on the model's device, detached from the model.
+    folds that user's generated parameters in (adapt stage); so does ``z``, the user's behaviour
+    code [1, d] when the caller computed it already (the cloud does, from the features a device
+    uploads). With neither, the supernet's weights are used. The result is in eval mode, on the
+    model's device, detached from the model.
     """
     if not isinstance(cfg, SubnetConfig):
         raise TypeError(f"extract() takes a SubnetConfig, got {type(cfg).__name__}")
+    if z is not None and item_seq is not None:
+        raise ValueError("extract(): pass item_seq or z (one user's behaviour code), not both")
     shape = model.shape
     shape.validate(cfg)
     device = model.item_embedding.weight.device
-    gen = None
     if item_seq is not None:
         seq, length = _user_inputs(item_seq, item_seq_len, device)
         was_training = model.training
         model.eval()
         try:
             z, _ = model.structure(seq, length)
-            gen = model.generated_params(z, cfg)
         finally:
             model.train(was_training)
+    gen = None
+    if z is not None:
+        if z.dim() != 2 or z.size(0) != 1:
+            raise ValueError(f"extract(): z must be one user's behaviour code [1, d], got shape "
+                             f"{tuple(z.shape)}")
+        gen = model.generated_params(z, cfg)
     first_ffn = model.blocks[0].feed_forward
-    sub = SubnetModel(
-        cfg, model.item_embedding.num_embeddings, model.position_embedding.num_embeddings,
-        shape.hidden_size, shape.head_size, first_ffn.hidden_act, model.LayerNorm.eps,
-        user_specific=gen is not None,
-    ).to(device)
+    with torch.device("meta"):  # every tensor is copied in below: skip the random init
+        sub = SubnetModel(
+            cfg, model.item_embedding.num_embeddings, model.position_embedding.num_embeddings,
+            shape.hidden_size, shape.head_size, first_ffn.hidden_act, model.LayerNorm.eps,
+            user_specific=gen is not None,
+        )
+    sub = sub.to_empty(device=device)
     sub.item_embedding.weight.copy_(model.item_embedding.weight)
     sub.position_embedding.weight.copy_(model.position_embedding.weight)
     sub.LayerNorm.load_state_dict(model.LayerNorm.state_dict())

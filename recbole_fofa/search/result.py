@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 from recbole_fofa.subnet import SubnetConfig
+from recbole_fofa.table import format_table
 
 __all__ = ["BudgetResult", "SearchResult", "pareto_front"]
 
@@ -213,17 +214,7 @@ class SearchResult:
         rows = self.table()
         if columns is None:
             columns = list(dict.fromkeys(c for row in rows for c in row))
-
-        def cell(value):
-            if isinstance(value, float):
-                return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:,.0f}"
-            if isinstance(value, int) and not isinstance(value, bool):
-                return f"{value:,}"
-            return "" if value is None else str(value)
-
-        grid = [list(columns)] + [[cell(row.get(c)) for c in columns] for row in rows]
-        widths = [max(len(r[i]) for r in grid) for i in range(len(columns))]
-        return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in grid)
+        return format_table(rows, columns, digits=digits)
 
 
 def _flatten(extra: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
