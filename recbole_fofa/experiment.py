@@ -21,8 +21,16 @@ from recbole_fofa import compat
 from recbole_fofa.quick_start import prepare, quiet_console, quieten_console
 from recbole_fofa.utils import get_trainer
 
-__all__ = ["Trained", "train", "quiet_console", "quieten_console", "recbole_argv_cleared",
-           "supernet_backbone"]
+#: ForwardOFA keys that act in stage 2 only: runs differing in these alone can share the supernet
+#: (``train(..., supernet=...)``), as the benchmark's ablations and the analyses' sweeps do
+STAGE2_KEYS = frozenset([
+    "mapper_mode", "mapper_rank", "mapper_hidden", "controller", "extractor", "rt_len",
+    "sparsity_weight", "keep_threshold", "tau_start", "tau_end", "tau_anneal_epochs",
+    "backbone_lr_scale", "device_budget", "epochs",
+])
+
+__all__ = ["STAGE2_KEYS", "Trained", "train", "quiet_console", "quieten_console",
+           "recbole_argv_cleared", "supernet_backbone"]
 
 
 @contextlib.contextmanager

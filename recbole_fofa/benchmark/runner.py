@@ -26,19 +26,13 @@ from recbole_fofa import experiment
 from recbole_fofa.config import Config
 
 __all__ = ["Variant", "default_variants", "resolve_variants", "run_benchmark", "RUN_METRICS",
-           "SEARCH_BUDGETS", "STAGE2_KEYS"]
+           "SEARCH_BUDGETS"]
 
 #: the metrics every run reports (RecBole's names; MACs/Params/Blocks are the plugin's)
 RUN_METRICS = ["NDCG", "Hit", "MRR", "MACs", "Params", "Blocks"]
 RUN_TOPK = [5, 10, 20]
 #: budgets (fractions of the full encoder) the ForwardOFA run searches when the config sets none
 SEARCH_BUDGETS = [0.25, 0.5, 0.75]
-#: ForwardOFA keys that only act in stage 2: variants differing in these share the supernet
-STAGE2_KEYS = frozenset([
-    "mapper_mode", "mapper_rank", "mapper_hidden", "controller", "extractor", "rt_len",
-    "sparsity_weight", "keep_threshold", "tau_start", "tau_end", "tau_anneal_epochs",
-    "backbone_lr_scale", "device_budget", "epochs",
-])
 #: RecBole's sequential baselines that the default benchmark runs (issue 9's list)
 BASELINES = ["GRU4Rec", "BERT4Rec", "Caser", "NextItNet", "LightSANs"]
 
@@ -57,7 +51,7 @@ class Variant:
 
     @property
     def shares_supernet(self) -> bool:
-        return self.model == "ForwardOFA" and set(self.overrides) <= STAGE2_KEYS
+        return self.model == "ForwardOFA" and set(self.overrides) <= experiment.STAGE2_KEYS
 
 
 def _forward_ofa_variants():
