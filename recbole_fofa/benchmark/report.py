@@ -106,7 +106,7 @@ class BenchmarkReport:
             for key in ["ndcg@10", "ndcg@5", "ndcg@20", "hit@10", "hit@5", "hit@20", "mrr@10"]:
                 cells.append(_pm(row[f"{key}_mean"], row[f"{key}_std"]))
             cells += [_whole(row["macs_mean"]), _whole(row["params_mean"]),
-                      None if math.isnan(row["blocks_mean"]) else round(row["blocks_mean"], 2),
+                      None if math.isnan(row["blocks_mean"]) else f"{row['blocks_mean']:.2f}",
                       _pm(row["train_s_per_epoch_mean"], row["train_s_per_epoch_std"], 1),
                       _pm(row["eval_s_per_1k_users_mean"], row["eval_s_per_1k_users_std"], 3)]
             rows.append(cells)
