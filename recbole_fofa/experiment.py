@@ -30,7 +30,7 @@ STAGE2_KEYS = frozenset([
 ])
 
 __all__ = ["STAGE2_KEYS", "Trained", "train", "quiet_console", "quieten_console",
-           "recbole_argv_cleared", "supernet_backbone"]
+           "recbole_argv_cleared"]
 
 
 @contextlib.contextmanager
@@ -76,12 +76,6 @@ class Trained:
         return {stage: sum(v) / len(v) for stage, v in self.epoch_seconds.items() if v}
 
 
-def supernet_backbone(model) -> Dict[str, torch.Tensor]:
-    """A copy of a ForwardOFA model's backbone weights (embeddings and blocks)."""
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
-            if not name.startswith(("controller.", "mapper."))}
-
-
 def _time_epochs(trainer, model, seconds):
     inner = trainer._train_epoch
 
@@ -112,7 +106,7 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
         if config["model"] != "ForwardOFA":
             raise ValueError(f"supernet= starts ForwardOFA's stage 2; got model {config['model']}")
         missing, unexpected = net.load_state_dict(supernet, strict=False)
-        backbone_missing = [k for k in missing if not k.startswith(("controller.", "mapper."))]
+        backbone_missing = [k for k in missing if net.is_backbone(k)]
         if backbone_missing or unexpected:
             raise ValueError(f"supernet= does not match this ForwardOFA: missing "
                              f"{backbone_missing}, unexpected {unexpected}")
@@ -126,7 +120,7 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
 
         def enter_and_capture(stage):  # fit() has just reloaded the best supernet
             if stage == "adapt" and "state" not in captured:
-                captured["state"] = supernet_backbone(net)
+                captured["state"] = net.backbone_state_dict()
             enter(stage)
 
         trainer._enter_stage = enter_and_capture

@@ -160,11 +160,22 @@ class ForwardOFA(SequentialRecommender):
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
 
+    @staticmethod
+    def is_backbone(name):
+        """Whether parameter or state ``name`` belongs to the supernet (embeddings and blocks), as
+        opposed to the controller and the mapper."""
+        return not name.startswith(("controller.", "mapper."))
+
     def backbone_parameters(self):
         """The supernet's parameters (embeddings and blocks), as opposed to controller + mapper."""
         for name, parameter in self.named_parameters():
-            if not name.startswith(("controller.", "mapper.")):
+            if self.is_backbone(name):
                 yield parameter
+
+    def backbone_state_dict(self):
+        """A detached copy of the supernet's state (what stage 2 can start from)."""
+        return {name: tensor.detach().clone() for name, tensor in self.state_dict().items()
+                if self.is_backbone(name)}
 
     # ------------------------------------------------------------------ network
     def embed(self, item_seq):
