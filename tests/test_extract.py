@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from recbole_fofa import cost
 from recbole_fofa.quick_start import prepare
-from recbole_fofa.search.extract import SubnetModel, extract
+from recbole_fofa.search.extract import SubnetModel, extract, subnet_state
 from recbole_fofa.subnet import SubnetConfig
 
 CONFIGS = [
@@ -91,6 +91,37 @@ def test_user_extraction_folds_in_that_users_generated_parameters(fofa, cfg):
         torch.testing.assert_close(extract(model, cfg, z=z)(seq[row : row + 1],
                                                             lengths[row : row + 1]),
                                    user[row : row + 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[1:], ids=lambda c: c.key)
+def test_subnet_state_is_the_extracted_models_weights_without_building_one(fofa, cfg):
+    model, seq, lengths = fofa
+    _adapt(model)
+    with torch.no_grad():
+        z, _ = model.structure(seq[:1], lengths[:1])
+        gen = model.generated_params(z, cfg)
+    state = subnet_state(model, cfg, gen)
+    expected = extract(model, cfg, z=z).state_dict()
+    assert list(state) == list(expected)
+    for key, tensor in state.items():
+        torch.testing.assert_close(tensor, expected[key], atol=0, rtol=0)
+        assert not tensor.requires_grad
+    # fresh tensors: changing them leaves the supernet alone
+    before = model.blocks[0].feed_forward.dense_1.weight.clone()
+    for tensor in state.values():
+        tensor.zero_()
+    torch.testing.assert_close(model.blocks[0].feed_forward.dense_1.weight, before)
+    # the cloud's payload: everything but the item table
+    payload = subnet_state(model, cfg, gen, items=False)
+    assert set(expected) - set(payload) == {"item_embedding.weight"}
+    # a model rebuilt from the payload and an item table scores like the extracted one
+    table = model.item_embedding.weight.detach().clone()
+    rebuilt = SubnetModel.from_state({"item_embedding.weight": table, **payload}, cfg.mask,
+                                     model.shape.head_size, "gelu", model.LayerNorm.eps)
+    assert rebuilt.subnet == cfg and not rebuilt.training
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(seq[:1], lengths[:1]),
+                                   extract(model, cfg, z=z)(seq[:1], lengths[:1]))
 
 
 def test_extract_rejects_bad_inputs(fofa):

@@ -201,6 +201,32 @@ def test_device_scores_from_the_received_state_equal_the_cloud_extraction(pertur
         assert record.kept_blocks == cfg.n_kept
 
 
+def test_one_cloud_serving_many_users_reuses_tiers_and_gives_each_their_own_model(perturbed,
+                                                                                 users):
+    model = perturbed
+    seqs, lengths, targets = users
+    cloud = Cloud(model)
+    picked = range(0, len(seqs), 4)
+    with one_thread():
+        for user in picked:
+            target = int(targets[user])
+            candidates = sample_candidates(np.random.default_rng(user), model.n_items, target, C)
+            out = simulate_session(cloud, seqs[user], lengths[user], target, candidates,
+                                   methods=("Forward-OFA",))
+            _, device = out["Forward-OFA"]
+            cfg = device.model.subnet
+            seq, length = seqs[user][None], lengths[user][None]
+            with torch.no_grad():
+                expected = extract(model, cfg, seqs[user], lengths[user]).scores(
+                    seq, length, candidates)[0]
+            torch.testing.assert_close(device.scores, expected, atol=1e-5, rtol=1e-5)
+    assert 1 <= len(cloud.tiers) < len(picked)  # structures repeat: one tier state each
+    for cfg, tier in cloud.tiers.items():  # merging never wrote into a stored tier
+        fresh = extract(model, cfg).state_dict()
+        for key, tensor in tier.items():
+            torch.testing.assert_close(tensor, fresh[key], atol=0, rtol=0)
+
+
 def test_finetuning_zero_steps_is_the_unadapted_full_network(trained, users):
     model = trained.model
     seqs, lengths, _ = users

@@ -11,8 +11,9 @@ the way), so the byte counts are the sizes of tensors that were really handed ov
    ``history``: the embeddings and ids of the distinct items in the device's history window,
    which the device needs to run an encoder at all;
 2. up ``realtime_window``: the embeddings of the device's last ``rt_len`` items (no ids);
-3. the cloud runs controller -> structure, mapper -> parameters and cuts the sub-model with
-   :func:`~recbole_fofa.search.extract.extract` (one forward pass, timed); down ``submodel``: the
+3. the cloud runs controller -> structure, mapper -> parameters and cuts the sub-model's weights
+   with :func:`~recbole_fofa.search.extract.subnet_state` (one forward pass, timed; no module is
+   built on the cloud); down ``submodel``: the
    kept blocks with the user's generated parameters merged, the position embeddings and the input
    LayerNorm (no item table), plus the structure mask;
 4. the device builds the :class:`~recbole_fofa.search.extract.SubnetModel` from those tensors,
@@ -41,7 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from recbole_fofa import cost, plots
 from recbole_fofa.analysis import AnalysisResult
 from recbole_fofa.model.layers import deterministic_mask, repair_to_budget
-from recbole_fofa.search.extract import SubnetModel, extract
+from recbole_fofa.search.extract import SubnetModel, merge_generated, subnet_state
 from recbole_fofa.subnet import SubnetConfig
 
 __all__ = [
@@ -209,16 +210,12 @@ class DeviceArch:
                    float(model.LayerNorm.eps))
 
 
-def _model_state(sub: SubnetModel) -> Dict[str, torch.Tensor]:
-    """A sub-model's tensors a device needs: everything but the item table."""
-    return {k: t for k, t in sub.state_dict().items() if not k.startswith("item_embedding.")}
-
-
 @dataclass
 class Adaptation:
     """The cloud's answer to a real-time window: the ``submodel`` message, its SubnetConfig,
     the seconds from the received window to the finished sub-model, and of those the seconds of
-    the controller and mapper alone (``forward_seconds``; the rest is extraction and merging)."""
+    the controller and mapper alone (``forward_seconds``; the rest is slicing and merging the
+    weights)."""
 
     message: Message
     subnet: SubnetConfig
@@ -227,7 +224,13 @@ class Adaptation:
 
 
 class Cloud:
-    """The cloud: holds the trained ForwardOFA and answers a device's messages."""
+    """The cloud: holds the trained ForwardOFA and answers a device's messages.
+
+    It keeps the supernet weights of each structure it has served (``tiers``), so a user's
+    answer costs the controller, the mapper and the merge of that user's generated parameters;
+    the first user of a structure also pays its slicing. The model must not change while a
+    Cloud serves it.
+    """
 
     def __init__(self, model):
         if type(model).__name__ != "ForwardOFA":
@@ -235,6 +238,7 @@ class Cloud:
         self.model = model
         self.device = model.item_embedding.weight.device
         self.arch = DeviceArch.of(model)
+        self.tiers: Dict[SubnetConfig, Dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
     def _embeddings(self, name, item_ids) -> Message:
@@ -277,18 +281,15 @@ class Cloud:
             start = time.perf_counter()
             z, mask = self.structure(window_message.tensors["item_embeddings"])
             cfg = model.shape.from_mask(mask.tolist())
+            gen = model.generated_params(z, cfg)
             self._sync()
-            controller = time.perf_counter() - start
-            # the mapper alone, timed apart: extract() below runs it again to fold it in
-            start = time.perf_counter()
-            model.generated_params(z, cfg)
+            forward = time.perf_counter() - start
+            if cfg not in self.tiers:
+                self.tiers[cfg] = subnet_state(model, cfg, items=False)
+            state = self.tiers[cfg] if gen is None else merge_generated(self.tiers[cfg], model,
+                                                                         cfg, gen)
             self._sync()
-            forward = controller + time.perf_counter() - start
-            start = time.perf_counter()
-            sub = extract(model, cfg, z=None if model.stage == "supernet" else z)
-            state = _model_state(sub)
-            self._sync()
-            seconds = controller + time.perf_counter() - start
+            seconds = time.perf_counter() - start
         finally:
             model.train(was_training)
         tensors = {"structure_mask": mask.to(self.device), **state}
@@ -298,9 +299,8 @@ class Cloud:
     def full_model(self) -> Message:
         """The fine-tuning baseline's download: every block with the backbone's weights (no
         mapper, no item table)."""
-        sub = extract(self.model, self.model.shape.full())
-        tensors = {"structure_mask": torch.ones(self.arch.n_blocks, dtype=torch.bool),
-                   **_model_state(sub)}
+        state = subnet_state(self.model, self.model.shape.full(), items=False)
+        tensors = {"structure_mask": torch.ones(self.arch.n_blocks, dtype=torch.bool), **state}
         return Message("full_model", "down", tensors)
 
     def _sync(self):
@@ -377,25 +377,13 @@ class Device:
         if self.state is None or self.mask is None:
             raise RuntimeError("Device.build: no sub-model was received")
         arch = self.arch
-        widths, heads, kept = [], [], 0
-        for keep in self.mask.tolist():
-            if keep:
-                widths.append(self.state[f"blocks.{kept}.dense_1.weight"].size(0))
-                heads.append(self.state[f"blocks.{kept}.query.weight"].size(0) // arch.head_size)
-                kept += 1
-            else:
-                widths.append(0)
-                heads.append(0)
         table = torch.cat([torch.zeros(1, arch.hidden_size), self.cache_emb])
-        with torch.device("meta"):
-            model = SubnetModel(SubnetConfig(tuple(widths), tuple(heads)), table.size(0),
-                                arch.seq_len, arch.hidden_size, arch.head_size, arch.hidden_act,
-                                arch.layer_norm_eps)
         state = {key: tensor.clone() for key, tensor in self.state.items()}
-        model.load_state_dict({"item_embedding.weight": table, **state}, strict=True,
-                              assign=True)
+        model = SubnetModel.from_state({"item_embedding.weight": table, **state},
+                                       self.mask.tolist(), arch.head_size, arch.hidden_act,
+                                       arch.layer_norm_eps)
         model.item_embedding.weight.requires_grad_(False)
-        self.model = model.eval()
+        self.model = model
         return self.model
 
     def local_inputs(self):
@@ -839,8 +827,9 @@ def run_protocol(dataset, config_file_list=None, config_dict=None, output_dir="f
                         f"rt_len={model.rt_len}",
             "device memory": MEMORY_METHOD,
             "adaptation time": "Forward-OFA: wall time of the cloud's forward pass (controller, "
-                               "mapper, extraction); fine-tuning: wall time of the device's "
-                               "steps; both on this machine, torch on one CPU thread",
+                               "mapper, slicing and merging the weights; no module is built); "
+                               "fine-tuning: wall time of the device's steps; both on this "
+                               "machine, torch on one CPU thread",
             "bytes": "payload numel * element_size of every tensor sent (no framing)",
         },
     )

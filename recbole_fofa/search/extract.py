@@ -18,7 +18,7 @@ embedding lookups, LayerNorms, activations, softmax and the final gather count 0
 """
 
 import math
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,29 @@ class SubnetModel(nn.Module):
             if w
         )
 
+    @classmethod
+    def from_state(cls, state: Dict[str, torch.Tensor], mask: Sequence[bool], head_size: int,
+                   hidden_act: str, layer_norm_eps: float, user_specific: bool = False):
+        """The model holding exactly ``state``'s tensors (no copy, no random init): ``mask``
+        places the kept blocks among all blocks; sizes, widths and head counts are read off
+        the tensors."""
+        widths, heads, kept = [], [], 0
+        for keep in mask:
+            if keep:
+                widths.append(state[f"blocks.{kept}.dense_1.weight"].size(0))
+                heads.append(state[f"blocks.{kept}.query.weight"].size(0) // head_size)
+                kept += 1
+            else:
+                widths.append(0)
+                heads.append(0)
+        n_items, hidden_size = state["item_embedding.weight"].shape
+        seq_len = state["position_embedding.weight"].size(0)
+        with torch.device("meta"):
+            model = cls(SubnetConfig(tuple(widths), tuple(heads)), n_items, seq_len,
+                        hidden_size, head_size, hidden_act, layer_norm_eps, user_specific)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.eval()
+
     @staticmethod
     def attention_mask(item_seq: torch.Tensor) -> torch.Tensor:
         """Additive causal mask over non-padding items: [B, 1, L, L], 0 allowed, -1e4 not."""
@@ -146,9 +169,65 @@ def _user_inputs(item_seq, item_seq_len, device):
     return seq[None], torch.tensor([length], device=device)
 
 
-def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    linear.weight.copy_(weight)
-    linear.bias.copy_(bias)
+@torch.no_grad()
+def subnet_state(model, cfg: SubnetConfig, gen=None,
+                 items: bool = True) -> Dict[str, torch.Tensor]:
+    """The weights of sub-network ``cfg`` of ``model`` (a ForwardOFA), keyed as a
+    :class:`SubnetModel`'s ``state_dict``: fresh tensors, no module built.
+
+    ``gen`` (``model.generated_params(z, cfg)`` for one user) folds that user's low-rank deltas
+    and LayerNorm shifts in (:func:`merge_generated`); None keeps the supernet's weights.
+    ``items=False`` leaves out the item table (what the cloud sends a device, which holds its own
+    cached embeddings).
+    """
+    state = {}
+    if items:
+        state["item_embedding.weight"] = model.item_embedding.weight
+    state["position_embedding.weight"] = model.position_embedding.weight
+    state["LayerNorm.weight"] = model.LayerNorm.weight
+    state["LayerNorm.bias"] = model.LayerNorm.bias
+    kept = [index for index, keep in enumerate(cfg.mask) if keep]
+    for position, index in enumerate(kept):
+        attention = model.blocks[index].multi_head_attention
+        ffn = model.blocks[index].feed_forward
+        prefix = f"blocks.{position}."
+        names = ("query", "key", "value", "attn_out")
+        for name, (weight, bias) in zip(names, attention.sliced_weights(cfg.heads[index])):
+            state[prefix + name + ".weight"] = weight
+            state[prefix + name + ".bias"] = bias
+        w1, b1, w2, b2 = ffn.sliced_weights(cfg.widths[index])
+        state.update({
+            prefix + "attn_norm.weight": attention.LayerNorm.weight,
+            prefix + "attn_norm.bias": attention.LayerNorm.bias,
+            prefix + "dense_1.weight": w1, prefix + "dense_1.bias": b1,
+            prefix + "dense_2.weight": w2, prefix + "dense_2.bias": b2,
+            prefix + "ffn_norm.weight": ffn.LayerNorm.weight,
+            prefix + "ffn_norm.bias": ffn.LayerNorm.bias,
+        })
+    state = {key: tensor.detach().clone() for key, tensor in state.items()}
+    return state if gen is None else merge_generated(state, model, cfg, gen)
+
+
+@torch.no_grad()
+def merge_generated(state: Dict[str, torch.Tensor], model, cfg: SubnetConfig,
+                    gen) -> Dict[str, torch.Tensor]:
+    """``state`` (:func:`subnet_state` of ``cfg`` without generated parameters) with one user's
+    generated parameters ``gen`` folded into the kept feed-forwards: a new dict whose merged
+    tensors are new and whose other tensors are ``state``'s own (not copied), so a server can
+    keep one tier state per structure and pay only the merge per user."""
+    merged = dict(state)
+    kept = [index for index, keep in enumerate(cfg.mask) if keep]
+    for position, index in enumerate(kept):
+        user = gen[index]
+        if user is None:
+            continue
+        prefix = f"blocks.{position}."
+        u1, v1, u2, v2 = slice_factors(model.mapper.factors(index), cfg.widths[index])
+        merged[prefix + "dense_1.weight"] = state[prefix + "dense_1.weight"] + u1 @ user.g1[0] @ v1
+        merged[prefix + "dense_2.weight"] = state[prefix + "dense_2.weight"] + u2 @ user.g2[0] @ v2
+        merged[prefix + "ffn_norm.weight"] = state[prefix + "ffn_norm.weight"] + user.ln_scale[0]
+        merged[prefix + "ffn_norm.bias"] = state[prefix + "ffn_norm.bias"] + user.ln_shift[0]
+    return merged
 
 
 @torch.no_grad()
@@ -166,8 +245,7 @@ def extract(model, cfg: SubnetConfig, item_seq=None, item_seq_len=None,
         raise TypeError(f"extract() takes a SubnetConfig, got {type(cfg).__name__}")
     if z is not None and item_seq is not None:
         raise ValueError("extract(): pass item_seq or z (one user's behaviour code), not both")
-    shape = model.shape
-    shape.validate(cfg)
+    model.shape.validate(cfg)
     device = model.item_embedding.weight.device
     if item_seq is not None:
         seq, length = _user_inputs(item_seq, item_seq_len, device)
@@ -183,39 +261,8 @@ def extract(model, cfg: SubnetConfig, item_seq=None, item_seq_len=None,
             raise ValueError(f"extract(): z must be one user's behaviour code [1, d], got shape "
                              f"{tuple(z.shape)}")
         gen = model.generated_params(z, cfg)
-    first_ffn = model.blocks[0].feed_forward
-    with torch.device("meta"):  # every tensor is copied in below: skip the random init
-        sub = SubnetModel(
-            cfg, model.item_embedding.num_embeddings, model.position_embedding.num_embeddings,
-            shape.hidden_size, shape.head_size, first_ffn.hidden_act, model.LayerNorm.eps,
-            user_specific=gen is not None,
-        )
-    sub = sub.to_empty(device=device)
-    sub.item_embedding.weight.copy_(model.item_embedding.weight)
-    sub.position_embedding.weight.copy_(model.position_embedding.weight)
-    sub.LayerNorm.load_state_dict(model.LayerNorm.state_dict())
-
-    kept = [index for index, keep in enumerate(cfg.mask) if keep]
-    for target, index in zip(sub.blocks, kept):
-        block = model.blocks[index]
-        attention, ffn = block.multi_head_attention, block.feed_forward
-        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = attention.sliced_weights(cfg.heads[index])
-        _copy(target.query, wq, bq)
-        _copy(target.key, wk, bk)
-        _copy(target.value, wv, bv)
-        _copy(target.attn_out, wo, bo)
-        target.attn_norm.load_state_dict(attention.LayerNorm.state_dict())
-        w1, b1, w2, b2 = (t.clone() for t in ffn.sliced_weights(cfg.widths[index]))
-        ln_weight, ln_bias = ffn.LayerNorm.weight.clone(), ffn.LayerNorm.bias.clone()
-        user = None if gen is None else gen[index]
-        if user is not None:
-            u1, v1, u2, v2 = slice_factors(model.mapper.factors(index), cfg.widths[index])
-            w1 += u1 @ user.g1[0] @ v1
-            w2 += u2 @ user.g2[0] @ v2
-            ln_weight += user.ln_scale[0]
-            ln_bias += user.ln_shift[0]
-        _copy(target.dense_1, w1, b1)
-        _copy(target.dense_2, w2, b2)
-        target.ffn_norm.weight.copy_(ln_weight)
-        target.ffn_norm.bias.copy_(ln_bias)
-    return sub.eval()
+    return SubnetModel.from_state(
+        subnet_state(model, cfg, gen), cfg.mask, model.shape.head_size,
+        model.blocks[0].feed_forward.hidden_act, model.LayerNorm.eps,
+        user_specific=gen is not None,
+    )
