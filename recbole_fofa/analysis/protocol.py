@@ -696,8 +696,8 @@ def _findings(rows, records, finetune_steps):
         out.append(
             f"The claim (adaptation time <= 1% of fine-tuning at equal or better NDCG@10) {holds}:"
             f" Forward-OFA adapts in {fofa['adaptation_ms']:.3f} ms (one cloud forward pass: "
-            f"controller and mapper {fofa['forward_ms']:.3f} ms, the rest cutting out the "
-            "sub-model), "
+            f"controller and mapper {fofa['forward_ms']:.3f} ms, the rest slicing the "
+            "sub-model's weights and merging the generated parameters), "
             f"fine-tuning in {ft['adaptation_ms']:.3f} ms ({finetune_steps} Adam steps on the "
             f"device), a ratio of {100 * ratio:.2f}% ({'<=' if fast else '>'} 1%; controller "
             f"and mapper alone: {100 * fofa['forward_ms'] / ft['adaptation_ms']:.2f}%); NDCG@10 "
