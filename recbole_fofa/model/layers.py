@@ -476,6 +476,27 @@ def repair_to_budget(
     return torch.where(keep.any(dim=1, keepdim=True), keep, fallback)
 
 
+def group_by_structure(
+    mask: torch.Tensor,
+) -> Tuple[torch.Tensor, List[List[int]], List[int], torch.Tensor]:
+    """Rows of a keep mask grouped by structure (one host sync for the whole batch).
+
+    mask bool [B, n] -> (distinct structures [G, n] on mask's device, their kept block indices
+    (G host lists), rows per structure (G ints), ``order`` [B]: the row indices sorted by
+    structure, stably, so ``order[sum(counts[:g]):sum(counts[:g + 1])]`` are structure g's rows
+    in batch order).
+    """
+    if mask.dim() != 2 or mask.dtype != torch.bool:
+        raise ValueError(f"group_by_structure: expected a bool mask [B, n], got {mask.dtype} "
+                         f"{tuple(mask.shape)}")
+    structures, inverse, counts = torch.unique(
+        mask, dim=0, return_inverse=True, return_counts=True
+    )
+    order = inverse.argsort(stable=True)
+    kept = [[i for i, keep in enumerate(row) if keep] for row in structures.tolist()]
+    return structures, kept, counts.tolist(), order
+
+
 def run_blocks(
     blocks: Sequence[AdaptiveTransformerBlock],
     hidden: torch.Tensor,
