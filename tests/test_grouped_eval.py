@@ -37,8 +37,8 @@ def _force(model, masks):
 
 
 def _bits(codes, n=N_BLOCKS):
-    """Masks [len(codes), n]: bit l of code c keeps block l."""
-    return torch.tensor([[bool(code >> l & 1) for l in range(n)] for code in codes])
+    """Masks [len(codes), n]: bit b of code c keeps block b."""
+    return torch.tensor([[bool(code >> b & 1) for b in range(n)] for code in codes])
 
 
 def _evaluate(model, batch, grouping):
@@ -85,8 +85,11 @@ def test_grouped_scores_and_costs_equal_the_per_block_path(adapted, mix):
 def test_controller_structures_give_the_same_scores(adapted):
     model, batch = adapted
     with torch.no_grad():  # varied per-user structures from the real controller
-        nn.init.normal_(model.controller.linear.weight, std=3.0)
-        model.controller.linear.bias.zero_()
+        z, _ = model.structure(batch["item_id_list"], batch["item_length"])
+        weight = torch.randn(N_BLOCKS, z.size(1))
+        weight *= 3.0 / float(((z - z.mean(0)) @ weight.t()).std())  # logits of std 3 ...
+        model.controller.linear.weight.copy_(weight)
+        model.controller.linear.bias.copy_(-z.mean(0) @ weight.t())  # ... around 0
     _, mask, _ = model.eval_structure(batch["item_id_list"], batch["item_length"])
     assert len(torch.unique(mask, dim=0)) > 3
     old_scores, _, old_costs = _evaluate(model, batch, "block")

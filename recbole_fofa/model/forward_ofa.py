@@ -476,19 +476,20 @@ class ForwardOFA(SequentialRecommender):
         return loss
 
     # ------------------------------------------------------------------ inference
-    # Inference runs under torch.inference_mode; the scores are cloned on the way out because
-    # RecBole's evaluation writes into them, which inference tensors forbid.
+    # The network runs under torch.inference_mode; the scores are computed outside it (under
+    # no_grad) because RecBole's evaluation writes into them, which inference tensors forbid:
+    # a [B, d] inference tensor may be read there, and no [B, n_items] copy is needed.
     def predict(self, interaction):
         with torch.inference_mode():
             seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-            scores = (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=1)
-        return scores.clone()
+        with torch.no_grad():
+            return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=1)
 
     def full_sort_predict(self, interaction):
         with torch.inference_mode():
             seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-            scores = self._scores(seq_output)
-        return scores.clone()
+        with torch.no_grad():
+            return self._scores(seq_output)
 
     # ------------------------------------------------------------------ statistics and costs
     def reset_train_stats(self):
