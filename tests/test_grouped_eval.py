@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from recbole_fofa.model.layers import group_by_structure
+from recbole_fofa.model.layers import MAX_CODE_BLOCKS, group_by_structure
 from recbole_fofa.quick_start import prepare
 
 N_BLOCKS = 6  # 63 structures: more than the 60 test users, so every row can have its own
@@ -154,6 +154,20 @@ def test_group_by_structure_sorts_rows_stably():
     assert torch.equal(mask[order], structures.repeat_interleave(torch.tensor(counts), dim=0))
     with pytest.raises(ValueError, match="bool mask"):
         group_by_structure(mask.float())
+
+
+@pytest.mark.parametrize("n", [MAX_CODE_BLOCKS, MAX_CODE_BLOCKS + 1, 80])
+def test_group_by_structure_is_the_same_with_and_without_integer_codes(n):
+    rng = np.random.default_rng(n)
+    mask = torch.as_tensor(rng.random((50, n)) < 0.5)
+    mask[10:20] = mask[0]  # repeated structures
+    mask[30:35] = mask[1]
+    structures, kept, counts, order = group_by_structure(mask)
+    expected, inverse, expected_counts = torch.unique(mask, dim=0, return_inverse=True,
+                                                      return_counts=True)
+    assert torch.equal(structures, expected) and counts == expected_counts.tolist()
+    assert torch.equal(order, inverse.argsort(stable=True))
+    assert kept == [row.nonzero().flatten().tolist() for row in expected]
 
 
 def test_eval_grouping_is_checked(planted):
