@@ -382,7 +382,7 @@ MAX_SUBNETS = 64
 # ForwardOFA `controller`: per-user block selection, or every block for every user (ablation)
 CONTROLLER_MODES = ("learned", "none")
 # ForwardOFA `eval_grouping`: how evaluation runs per-user structures (docs/design-notes.md)
-EVAL_GROUPINGS = ("structure", "block")
+EVAL_GROUPINGS = ("block", "structure")
 MAX_BLOCK_PASSES = 1024  # block forward passes in one supernet step (full + sub-networks)
 # The subnet search's names (recbole_fofa.search.space.SPACES and evolution.STRATEGIES + auto;
 # a test keeps them equal). Listed here because checks run before anything imports the search.

@@ -170,8 +170,10 @@ def test_group_by_structure_is_the_same_with_and_without_integer_codes(n):
     assert kept == [row.nonzero().flatten().tolist() for row in expected]
 
 
-def test_eval_grouping_is_checked(planted):
+def test_eval_grouping_defaults_to_block_and_is_checked(adapted, planted):
+    model, _ = adapted
+    assert model.eval_grouping == "block"
     dataset, config = planted
     config.update(n_blocks=2, eval_grouping="rows")
-    with pytest.raises(ValueError, match=r"`eval_grouping` = 'rows'.*\['structure', 'block'\]"):
+    with pytest.raises(ValueError, match=r"`eval_grouping` = 'rows'.*\['block', 'structure'\]"):
         prepare("ForwardOFA", dataset, config_dict=config)
