@@ -381,6 +381,8 @@ MAX_BLOCKS = 256
 MAX_SUBNETS = 64
 # ForwardOFA `controller`: per-user block selection, or every block for every user (ablation)
 CONTROLLER_MODES = ("learned", "none")
+# ForwardOFA `eval_grouping`: how evaluation runs per-user structures (docs/design-notes.md)
+EVAL_GROUPINGS = ("block", "structure")
 MAX_BLOCK_PASSES = 1024  # block forward passes in one supernet step (full + sub-networks)
 # The subnet search's names (recbole_fofa.search.space.SPACES and evolution.STRATEGIES + auto;
 # a test keeps them equal). Listed here because checks run before anything imports the search.
@@ -405,6 +407,7 @@ MODEL_CHECKS: Dict[str, Dict[str, Rule]] = {
         "extractor": choice(cost.EXTRACTORS, "lstm"),
         "controller": choice(CONTROLLER_MODES, "off"),
         "keep_threshold": number(0, 1, low_open=True, high_open=True),
+        "eval_grouping": choice(EVAL_GROUPINGS, "rows"),
         "tau_start": number(0, low_open=True),
         "tau_end": number(0, low_open=True),
         "tau_anneal_epochs": integer(0),

@@ -38,6 +38,7 @@ from recbole_fofa.model.layers import (
     StructuralMapper,
     StructureController,
     deterministic_mask,
+    group_by_structure,
     gumbel_sigmoid,
     last_k,
     repair_to_budget,
@@ -46,6 +47,14 @@ from recbole_fofa.model.layers import (
 from recbole_fofa.subnet import SubnetConfig, SupernetShape
 
 STAGES = ("supernet", "adapt")
+
+
+def _slices(counts):
+    """Consecutive slices of the given lengths."""
+    start = 0
+    for count in counts:
+        yield slice(start, start + count)
+        start += count
 
 
 class ForwardOFA(SequentialRecommender):
@@ -66,6 +75,7 @@ class ForwardOFA(SequentialRecommender):
         self.sparsity_weight = config["sparsity_weight"]
         self.supernet_subnets = config["supernet_subnets"]
         self.distill_weight = config["distill_weight"]
+        self.eval_grouping = config["eval_grouping"]
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
@@ -217,8 +227,34 @@ class ForwardOFA(SequentialRecommender):
     def encode_subnet(self, item_seq, item_seq_len, cfg, gen=None):
         """User representations [B, d] of every row through the one sub-network ``cfg``: each
         kept block runs once on the whole batch at its width (no per-row gathers)."""
-        mask = torch.tensor(cfg.mask, dtype=torch.bool, device=item_seq.device)
+        # a batch-wide mask only lists the kept blocks: kept on the host, no device copy or sync
+        mask = torch.tensor(cfg.mask, dtype=torch.bool)
         return self.encode(item_seq, item_seq_len, mask, False, gen, cfg.widths, cfg.heads)
+
+    def encode_grouped(self, item_seq, item_seq_len, z, mask):
+        """User representations [B, d] of per-user structures (``mask`` [B, n] bool, behaviour
+        codes z [B, d]), grouped by structure: each distinct structure runs its kept blocks
+        densely on its own rows, with the mapper generating those blocks' parameters for those
+        rows only. The batch is permuted into groups once and the outputs back once, instead of a
+        gather and a scatter per block (:func:`run_blocks` with a per-row mask)."""
+        structures, kept, counts, order = group_by_structure(mask)
+        if len(kept) == 1:  # one structure: no permutation
+            return self._encode_group(item_seq, item_seq_len, z, structures[0], kept[0])
+        seq, lengths, z = item_seq[order], item_seq_len[order], z[order]
+        outputs = [
+            self._encode_group(seq[rows], lengths[rows], z[rows], structure, blocks)
+            for rows, structure, blocks in zip(_slices(counts), structures, kept)
+        ]
+        grouped = torch.cat(outputs)
+        return torch.empty_like(grouped).index_copy_(0, order, grouped)
+
+    def _encode_group(self, item_seq, item_seq_len, z, structure, blocks):
+        """Rows sharing one structure (``structure`` [n] on the device, ``blocks`` its kept
+        indices): their generated parameters, then the dense sub-network."""
+        gen = self.mapper(z, structure.expand(z.size(0), -1), blocks=blocks)
+        keep = torch.zeros(self.n_blocks, dtype=torch.bool)
+        keep[blocks] = True
+        return self.encode(item_seq, item_seq_len, keep, False, gen)
 
     def eval_structure(self, item_seq, item_seq_len):
         """Deterministic per-user structure: (z, kept mask [B, n] bool, keep probabilities)."""
@@ -239,8 +275,8 @@ class ForwardOFA(SequentialRecommender):
         """User representations [B, d] of the current stage's network (one forward pass).
 
         Training ``adapt``: Gumbel-sigmoid structures (straight-through) and generated params;
-        evaluation ``adapt``: deterministic structures, only kept blocks run; ``supernet``: the
-        full network.
+        evaluation ``adapt``: deterministic structures, only kept blocks run (rows grouped by
+        structure, or per block: ``eval_grouping``); ``supernet``: the full network.
         """
         if self._active is not None:
             return self._forward_fixed(item_seq, item_seq_len, self._active)
@@ -262,6 +298,8 @@ class ForwardOFA(SequentialRecommender):
             return self.encode(item_seq, item_seq_len, mask, soft=True, gen=self.mapper(z, mask))
         z, mask, _ = self.eval_structure(item_seq, item_seq_len)
         self._record(mask)
+        if self.eval_grouping == "structure":
+            return self.encode_grouped(item_seq, item_seq_len, z, mask)
         kept = mask.any(dim=0).nonzero().flatten().tolist()
         gen = self.mapper(z, mask.to(z.dtype), blocks=kept)
         return self.encode(item_seq, item_seq_len, mask, soft=False, gen=gen)
@@ -438,19 +476,20 @@ class ForwardOFA(SequentialRecommender):
         return loss
 
     # ------------------------------------------------------------------ inference
-    # Inference runs under torch.inference_mode; the scores are cloned on the way out because
-    # RecBole's evaluation writes into them, which inference tensors forbid.
+    # The network runs under torch.inference_mode; the scores are computed outside it (under
+    # no_grad) because RecBole's evaluation writes into them, which inference tensors forbid:
+    # a [B, d] inference tensor may be read there, and no [B, n_items] copy is needed.
     def predict(self, interaction):
         with torch.inference_mode():
             seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-            scores = (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=1)
-        return scores.clone()
+        with torch.no_grad():
+            return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=1)
 
     def full_sort_predict(self, interaction):
         with torch.inference_mode():
             seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-            scores = self._scores(seq_output)
-        return scores.clone()
+        with torch.no_grad():
+            return self._scores(seq_output)
 
     # ------------------------------------------------------------------ statistics and costs
     def reset_train_stats(self):

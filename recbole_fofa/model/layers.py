@@ -476,6 +476,42 @@ def repair_to_budget(
     return torch.where(keep.any(dim=1, keepdim=True), keep, fallback)
 
 
+#: Structures of up to this many blocks are grouped through one integer code per row
+MAX_CODE_BLOCKS = 62
+
+
+def group_by_structure(
+    mask: torch.Tensor,
+) -> Tuple[torch.Tensor, List[List[int]], List[int], torch.Tensor]:
+    """Rows of a keep mask grouped by structure (one host sync for the whole batch).
+
+    mask bool [B, n] -> (distinct structures [G, n] on mask's device, in lexicographic order
+    (block 0 first, dropped before kept), their kept block indices (G host lists), rows per
+    structure (G ints), ``order`` [B]: the row indices sorted by structure, stably, so
+    ``order[sum(counts[:g]):sum(counts[:g + 1])]`` are structure g's rows in batch order).
+    Up to ``MAX_CODE_BLOCKS`` blocks a row is one integer (block 0 the most significant bit) and
+    the grouping one sort of B integers; ``torch.unique(dim=0)`` is several times slower.
+    """
+    if mask.dim() != 2 or mask.dtype != torch.bool:
+        raise ValueError(f"group_by_structure: expected a bool mask [B, n], got {mask.dtype} "
+                         f"{tuple(mask.shape)}")
+    n = mask.size(1)
+    if n <= MAX_CODE_BLOCKS:
+        bits = torch.arange(n - 1, -1, -1, device=mask.device)
+        weights = torch.ones_like(bits).bitwise_left_shift(bits)
+        codes = (mask.long() * weights).sum(dim=1)
+        sorted_codes, order = codes.sort(stable=True)
+        unique_codes, counts = torch.unique_consecutive(sorted_codes, return_counts=True)
+        structures = unique_codes.unsqueeze(1).bitwise_and(weights).ne(0)
+    else:
+        structures, inverse, counts = torch.unique(
+            mask, dim=0, return_inverse=True, return_counts=True
+        )
+        order = inverse.argsort(stable=True)
+    kept = [[i for i, keep in enumerate(row) if keep] for row in structures.tolist()]
+    return structures, kept, counts.tolist(), order
+
+
 def run_blocks(
     blocks: Sequence[AdaptiveTransformerBlock],
     hidden: torch.Tensor,
