@@ -222,7 +222,7 @@ def run_search(args, rest):
     if args.nproc > 1:  # candidates of each generation spread over --nproc processes
         result, path = distributed.spawn(search_worker, args.nproc,
                                          (args.checkpoint, None, config_flags(rest), None),
-                                         ip=args.ip, port=args.port)
+                                         ip=args.ip, port=args.port, backend="gloo")
     else:
         trainer, valid_data, test_data = searching_trainer(args.checkpoint, config_flags(rest))
         result, path = trainer.search(valid_data, test_data), trainer.search_result_file

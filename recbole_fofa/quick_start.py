@@ -260,8 +260,10 @@ def search_checkpoint(model_file, budgets=None, config_dict=None, show_progress=
     process group's, default a free one): the same result as one process, sooner.
     """
     if nproc > 1:
+        # gloo also on GPUs: the ranks exchange scores (Python objects), not tensors
         result, _ = distributed.spawn(search_worker, nproc, (model_file, budgets, config_dict,
-                                                             show_progress), port=port)
+                                                             show_progress), port=port,
+                                      backend="gloo")
         return result
     trainer, valid_data, test_data = searching_trainer(model_file, config_dict)
     return trainer.search(valid_data, test_data, budgets, show_progress=show_progress)
