@@ -131,9 +131,9 @@ def search_table(args, dataset, config_files, settings):
     checkpoint = args.checkpoint or trained_checkpoint(dataset, config_files, settings)
     budgets = spread_budgets(checkpoint, args.k)
     overrides = {"search_generations": args.generations, "search_eval_users": args.eval_users}
-    if args.quick:
-        overrides.update(search_population=10, search_parents=4, search_mutants=4,
-                         search_crossovers=4)
+    if args.quick:  # 3 blocks: auto would enumerate the whole (small) space
+        overrides.update(search_strategy="bottom_up", search_population=10, search_parents=4,
+                         search_mutants=4, search_crossovers=4)
     runs = {}
     for nproc in (1, args.nproc):
         start = time.perf_counter()

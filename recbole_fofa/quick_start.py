@@ -7,6 +7,7 @@ the same dicts, with model and trainer names resolved by :mod:`recbole_fofa.util
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from logging import getLogger
@@ -29,6 +30,8 @@ def _fresh_logger(config):
     for handler in logger.handlers[:]:
         logger.removeHandler(handler)
         handler.close()
+    if config["single_spec"] is False:  # ranks would race in RecBole's exists-then-mkdir
+        os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
     init_logger(config)
     if not distributed.is_main_process(config):
         distributed.drop_log_files(logger)  # only rank 0 writes RecBole's log file

@@ -21,8 +21,15 @@ from recbole_fofa.utils import get_trainer
 
 #: Seconds a spawned two-process run may take before the test stops it and fails.
 DEADLINE = 240
-#: |metric of 2 processes - metric of 1 process| allowed (docs/distributed.md explains it).
-METRIC_TOLERANCE = 0.02
+#: |metric of 2 processes - metric of 1 process| allowed where training is deterministic
+#: (SASRec; ForwardOFA's supernet stage): RecBole rounds metrics to 4 decimals, and summation
+#: order moves the parameters by ~1e-6 relative over these runs (docs/distributed.md).
+METRIC_TOLERANCE = 1e-3
+#: ... and after ForwardOFA's stage 2, where the Gumbel noise is drawn per rank and the mapper
+#: amplifies summation-order differences (4e-3 relative in the parameters after 22 steps): a
+#: different random draw, compared with the seed-to-seed spread of this tiny run (measured: 0.02
+#: to 0.09 NDCG@10 on its 60 test users).
+STAGE2_TOLERANCE = 0.1
 #: Relative agreement of the parameters after the first step (float summation order only).
 STEP_RTOL = 1e-5
 
@@ -78,11 +85,14 @@ def train_and_record(model, dataset, config_dict):
         return out
 
     trainer.optimizer.step = step_and_record
-    trainer.fit(train, valid, saved=True)
+    valid_scores = []  # every epoch's, both stages of ForwardOFA
+    trainer.fit(train, valid, saved=True,
+                callback_fn=lambda epoch, score: valid_scores.append(float(score)))
     test_result = trainer.evaluate(test, load_best_model=True)
     record = {"rank": distributed.get_rank(), "first_step": first[0],
               "test": {k: float(v) for k, v in test_result.items()},
-              "final": distributed.checksum(net), "checkpoint": trainer.saved_model_file,
+              "final": distributed.checksum(net), "valid_scores": valid_scores,
+              "checkpoint": trainer.saved_model_file,
               "train_rows": len(train.sampler) if train.sampler is not None else None}
     if config["search_budgets"] is not None:
         result = trainer.search(valid, test)
@@ -134,12 +144,16 @@ def test_two_gloo_processes_train_forward_ofa_with_ranks_in_step(forward_ofa_run
 def test_two_process_metrics_match_one_process(forward_ofa_runs):
     ddp, single, _ = forward_ofa_runs
     assert ddp[0]["test"] == ddp[1]["test"]  # gathered over both ranks' users
+    assert ddp[0]["valid_scores"] == ddp[1]["valid_scores"]
+    # the supernet stage (2 epochs) is deterministic: the same valid scores as one process
+    for two, one in zip(ddp[0]["valid_scores"][:2], single["valid_scores"][:2]):
+        assert abs(two - one) <= METRIC_TOLERANCE
     assert set(ddp[0]["test"]) == set(single["test"])
     for name, value in single["test"].items():
         if name == "macs":  # per-user structures: compared relatively
-            assert ddp[0]["test"][name] == pytest.approx(value, rel=0.1)
+            assert ddp[0]["test"][name] == pytest.approx(value, rel=0.25)
         else:
-            assert abs(ddp[0]["test"][name] - value) <= METRIC_TOLERANCE, name
+            assert abs(ddp[0]["test"][name] - value) <= STAGE2_TOLERANCE, name
     assert single["test"]["ndcg@10"] > 0.3  # it learned something: the comparison means a thing
 
 
@@ -150,7 +164,7 @@ def test_only_rank_0_writes_and_the_checkpoint_reloads_in_one_process(forward_of
     assert sorted(p.name for p in (root / "saved").iterdir()) == sorted(
         [checkpoint.name, Path(ddp[0]["search_json"]).name])
     workdir = root.parent
-    logs = [p for p in (workdir / "log" / "ForwardOFA").iterdir() if p.stat().st_size]
+    logs = list((workdir / "log" / "ForwardOFA").iterdir())
     boards = list((workdir / "log_tensorboard").iterdir())
     # rank 0 of the two-process run and the one-process run: one log and one board each
     assert len(logs) == 2 and len(boards) == 2
@@ -196,6 +210,7 @@ def test_a_recbole_baseline_through_run_with_two_processes(workdir):
     assert set(ddp["test_result"]) == set(single["test_result"])
     for name, value in single["test_result"].items():
         assert abs(ddp["test_result"][name] - value) <= METRIC_TOLERANCE, name
+    assert abs(ddp["best_valid_score"] - single["best_valid_score"]) <= METRIC_TOLERANCE
     assert single["test_result"]["ndcg@10"] > 0.3
 
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import os
 
 from recbole.evaluator import Evaluator
 from recbole.trainer import Trainer as RecBoleTrainer
@@ -42,6 +43,8 @@ class PluginTrainerMixin:
     def _init_distributed(self, config, model):
         """RecBole's ``__init__`` with the plugin's DDP wrap (CPU/gloo too), a tensorboard writer
         on rank 0 only, and rank 0's checkpoint file name on every rank."""
+        # ranks would race in RecBole's exists-then-mkdir of the checkpoint folder
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         config["single_spec"] = True  # RecBole's own wrap is GPU-only: skip it, wrap below
         try:
             with (distributed.no_tensorboard() if not distributed.is_main_process()
