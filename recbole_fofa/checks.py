@@ -357,6 +357,11 @@ COMMON_CHECKS: Dict[str, Rule] = {
     "metrics": _metric_names_rule(),  # case-insensitive, as RecBole's own lookup
     "valid_metric": Rule(lambda v: isinstance(v, str) and bool(v.strip()),
                          "a metric name, with @k for top-k metrics (e.g. NDCG@10)", (None, 10)),
+    # distributed runs (recbole_fofa/distributed.py)
+    "dist_backend": Rule(lambda v: v is None or v in ("gloo", "nccl"),
+                         "null (nccl on GPUs, gloo on CPUs), 'gloo' or 'nccl'",
+                         ("mpi", "NCCL", 1)),
+    "dist_timeout": number(0, low_open=True),
 }
 
 BACKBONE_CHECKS: Dict[str, Rule] = {

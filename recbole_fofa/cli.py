@@ -10,7 +10,14 @@ paper's analyses (:data:`ANALYSES`).
 import argparse
 import ast
 
-from recbole_fofa.quick_start import comparison_table, results_table, run, searching_trainer
+from recbole_fofa import distributed
+from recbole_fofa.quick_start import (
+    comparison_table,
+    results_table,
+    run,
+    search_worker,
+    searching_trainer,
+)
 
 #: --analysis names -> "module:function" (imported when used)
 ANALYSES = {
@@ -35,7 +42,10 @@ def build_parser():
                         "RecBole's sequential baselines, or labels such as SASRec-6)")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated files")
-    parser.add_argument("--nproc", type=int, default=1, help="number of processes (GPUs)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes on this machine: DDP training (one per GPU, or gloo "
+                        "processes on CPUs; docs/distributed.md); with --search, processes "
+                        "that share each generation's evaluations")
     parser.add_argument("--ip", type=str, default="localhost", help="ip of the master node")
     parser.add_argument("--port", type=str, default="5678", help="port of the master node")
     parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
@@ -209,9 +219,14 @@ def run_search(args, rest):
                          "ForwardOFA model file)")
     from recbole_fofa.trainer.trainer import search_table
 
-    trainer, valid_data, test_data = searching_trainer(args.checkpoint, config_flags(rest))
-    result = trainer.search(valid_data, test_data)
+    if args.nproc > 1:  # candidates of each generation spread over --nproc processes
+        result, path = distributed.spawn(search_worker, args.nproc,
+                                         (args.checkpoint, None, config_flags(rest), None),
+                                         ip=args.ip, port=args.port, backend="gloo")
+    else:
+        trainer, valid_data, test_data = searching_trainer(args.checkpoint, config_flags(rest))
+        result, path = trainer.search(valid_data, test_data), trainer.search_result_file
     print(f"\nsubnet search ({result.strategy}, {result.space} space) of {args.checkpoint}")
-    print(search_table(result, trainer.config["search_metric"]))
-    print(f"written to {trainer.search_result_file}")
+    print(search_table(result, result.settings["metric"]))
+    print(f"written to {path}")
     return result

@@ -7,7 +7,7 @@ import recbole
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
-from recbole_fofa import compat
+from recbole_fofa import compat, distributed
 from recbole_fofa.checks import check_config, check_keys, check_value  # noqa: F401 (re-export)
 from recbole_fofa.data_check import check_atomic_files
 from recbole_fofa.evaluator.measure import can_cost
@@ -72,6 +72,14 @@ class Config(RecBoleConfig):
         final = super()._get_final_config_dict()
         check_keys(final, self.model_class)
         return final
+
+    def _init_device(self):
+        """RecBole's device set-up; a distributed run (``local_rank`` set) joins its process
+        group with ``dist_backend`` (gloo on CPUs, NCCL on GPUs: :mod:`recbole_fofa.distributed`)
+        where RecBole would assert one GPU per process and use NCCL only."""
+        if "local_rank" not in self.final_config_dict:
+            return super()._init_device()
+        distributed.init_device(self.final_config_dict)
 
     def compatibility_settings(self):
         compat.install_numpy_aliases()

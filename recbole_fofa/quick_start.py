@@ -7,15 +7,15 @@ the same dicts, with model and trainer names resolved by :mod:`recbole_fofa.util
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from logging import getLogger
 
-import torch.distributed as dist
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
-from recbole_fofa import compat
+from recbole_fofa import compat, distributed
 from recbole_fofa.checks import MODEL_CHECKS, check_keys, check_metrics
 from recbole_fofa.config import Config
 from recbole_fofa.data_check import check_split
@@ -30,7 +30,11 @@ def _fresh_logger(config):
     for handler in logger.handlers[:]:
         logger.removeHandler(handler)
         handler.close()
+    if config["single_spec"] is False:  # ranks would race in RecBole's exists-then-mkdir
+        os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
     init_logger(config)
+    if not distributed.is_main_process(config):
+        distributed.drop_log_files(logger)  # only rank 0 writes RecBole's log file
     quieten_console()
     return logger
 
@@ -120,7 +124,7 @@ def run_recbole_fofa(
         "test_result": test_result,
     }
     if not config["single_spec"]:
-        dist.destroy_process_group()
+        distributed.destroy()
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
@@ -132,6 +136,7 @@ def run_recbole_fofas(rank, *args):
     if not isinstance(kwargs, MutableMapping):
         raise ValueError(f"the last argument must be a dict of keyword arguments, got {kwargs!r}")
     kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
+    distributed.worker_threads(kwargs["config_dict"].get("nproc", 1))
     run_recbole_fofa(*args[:3], **kwargs)
 
 
@@ -147,9 +152,25 @@ def run(
     port="5678",
     group_offset=0,
 ):
-    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP processes (GPU)."""
+    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP processes on this
+    machine (ranks ``group_offset`` ... ``group_offset + nproc - 1`` of ``world_size``, default
+    ``nproc``), with the process group at ``ip:port``: NCCL on GPUs, gloo on CPUs (config key
+    ``dist_backend``). Returns rank ``group_offset``'s result dict (docs/distributed.md).
+
+    A ``port`` already in use on this machine, when it hosts rank 0, is a
+    :class:`~recbole_fofa.distributed.PortInUseError` before anything is spawned.
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"--nproc={nproc!r} is invalid: expected an integer >= 1 (processes on "
+                         "this machine)")
     if nproc == 1 and world_size <= 0:
         return run_recbole_fofa(model, dataset, config_file_list, config_dict, saved)
+    if world_size != -1 and world_size < nproc + group_offset:
+        raise ValueError(f"--world_size={world_size} is smaller than --group_offset="
+                         f"{group_offset} + --nproc={nproc}: the world counts every process on "
+                         "every machine")
+    if group_offset == 0:
+        distributed.check_port_free(ip, port)
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
@@ -231,15 +252,38 @@ def apply_overrides(config, overrides):
     return config
 
 
-def search_checkpoint(model_file, budgets=None, config_dict=None, show_progress=None):
+def search_checkpoint(model_file, budgets=None, config_dict=None, show_progress=None, nproc=1,
+                      port=None):
     """Run the subnet search on a saved ForwardOFA checkpoint; returns the ``SearchResult``
     (also written to ``<checkpoint_dir>/<model>-<dataset>-search.json``).
 
     ``budgets`` defaults to the config's ``search_budgets``; ``config_dict`` overrides search
-    keys (see :func:`load_data_and_model`).
+    keys (see :func:`load_data_and_model`). ``nproc`` > 1 spreads each generation's candidates
+    over that many processes on this machine (gloo on CPUs, NCCL with CUDA; ``port``: the
+    process group's, default a free one): the same result as one process, sooner.
     """
+    if nproc > 1:
+        # gloo also on GPUs: the ranks exchange scores (Python objects), not tensors
+        result, _ = distributed.spawn(search_worker, nproc, (model_file, budgets, config_dict,
+                                                             show_progress), port=port,
+                                      backend="gloo")
+        return result
     trainer, valid_data, test_data = searching_trainer(model_file, config_dict)
     return trainer.search(valid_data, test_data, budgets, show_progress=show_progress)
+
+
+def search_worker(model_file, budgets, config_dict, show_progress):
+    """One rank of :func:`search_checkpoint`: (result, JSON path); only rank 0 logs and writes."""
+    main = distributed.get_rank() == 0
+    if not main:
+        config_dict = dict(config_dict or {}, state="error", show_progress=False)
+        show_progress = False
+    with contextlib.nullcontext() if main else distributed.no_tensorboard():
+        trainer, valid_data, test_data = searching_trainer(model_file, config_dict)
+    if not main:
+        distributed.drop_log_files()
+    result = trainer.search(valid_data, test_data, budgets, show_progress=show_progress)
+    return result, trainer.search_result_file
 
 
 def searching_trainer(model_file, config_dict=None):

@@ -431,31 +431,32 @@ class ForwardOFA(SequentialRecommender):
     def sample_subnets(self, step=None):
         """``supernet_subnets`` SubnetConfigs for one sandwich step: the smallest, then random.
 
-        Without a subnet_space: block masks from torch's global generator (as before configs
-        existed): the smallest is one random block, the others keep each block with probability
-        1/2 (at least one). With one: ``space.smallest()``, then ``space.sample(rng)`` with a
-        numpy generator seeded by (seed, ``step``; default: the current supernet step), so a step
-        samples the same configs whenever it runs.
+        Drawn from a numpy generator seeded by (seed, ``step``; default: the current supernet
+        step), as OFA seeds its sampling with the step: a step samples the same configs whenever
+        it runs, and every rank of a distributed run trains the same sub-networks. Without a
+        subnet_space they are block masks: the smallest is one random block, the others keep
+        each block with probability 1/2 (at least one). With one: ``space.smallest()``, then
+        ``space.sample(rng)``.
         """
         space = self._subnet_space
-        if space is None:
-            return [self.shape.from_mask(mask.tolist()) for mask in self._sample_masks()]
         step = self.supernet_step if step is None else int(step)
         rng = np.random.default_rng([self.sample_seed, step])
+        if space is None:
+            return [self.shape.from_mask(mask.tolist()) for mask in self._sample_masks(rng)]
         configs = [space.smallest() if index == 0 else space.sample(rng)
                    for index in range(self.supernet_subnets)]
         return [self.shape.validate(cfg) for cfg in configs]
 
-    def _sample_masks(self):
+    def _sample_masks(self, rng):
         masks = []
         for index in range(self.supernet_subnets):
             if index == 0:
-                mask = torch.zeros(self.n_blocks, dtype=torch.bool)
-                mask[torch.randint(self.n_blocks, (1,))] = True
+                mask = np.zeros(self.n_blocks, dtype=bool)
+                mask[rng.integers(self.n_blocks)] = True
             else:
-                mask = torch.rand(self.n_blocks) < 0.5
+                mask = rng.random(self.n_blocks) < 0.5
                 if not mask.any():
-                    mask[torch.randint(self.n_blocks, (1,))] = True
+                    mask[rng.integers(self.n_blocks)] = True
             masks.append(mask)
         return masks
 

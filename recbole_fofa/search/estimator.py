@@ -23,6 +23,7 @@ from recbole.utils import set_color
 from scipy import stats
 from torch import nn
 
+from recbole_fofa import distributed
 from recbole_fofa.subnet import SubnetConfig
 
 
@@ -56,7 +57,8 @@ def rows_loader(eval_data, rows: Sequence[int]):
         raise ValueError("rows_loader: no rows selected")
     dataset = eval_data._dataset
     subset = dataset.copy(dataset.inter_feat[torch.as_tensor(rows)])
-    return type(eval_data)(eval_data.config, subset, eval_data._sampler, shuffle=False)
+    config = distributed.unsharded_config(eval_data.config)  # every row, also under DDP
+    return type(eval_data)(config, subset, eval_data._sampler, shuffle=False)
 
 
 def n_users_of(eval_data) -> int:
@@ -96,7 +98,8 @@ class SubnetEstimator:
         self.seed = int(seed)
         self.n_users = n_users_of(valid_data)
         self.eval_users = None if eval_users is None else int(eval_users)
-        self.data = (valid_data if self.eval_users is None
+        # In a process group each rank scores whole configs on every (sub-sampled) valid user.
+        self.data = (distributed.unsharded(valid_data) if self.eval_users is None
                      else subsample_users(valid_data, self.eval_users, self.seed))
         self.users = n_users_of(self.data)  # users the scores are computed on
         self.cache: Dict[str, float] = {}
@@ -107,28 +110,62 @@ class SubnetEstimator:
         self.predictor_report: PredictorReport | None = None
         self.on_evaluation = None  # called as on_evaluation(config, score) after each evaluation
 
+    def _measure(self, config: SubnetConfig) -> float:
+        """One RecBole evaluation of ``config`` in this process (no gathering across ranks)."""
+        reduce = getattr(self.trainer, "reduce_results", None)
+        if reduce is not None:
+            self.trainer.reduce_results = False
+        try:
+            with self.model.active_subnet(config):
+                result = self.trainer.evaluate(self.data, load_best_model=False,
+                                               show_progress=False)
+        finally:
+            if reduce is not None:
+                self.trainer.reduce_results = reduce
+        if self.metric not in result:
+            raise ValueError(
+                f"config key `search_metric` = {self.metric!r} is not among the evaluation "
+                f"results {sorted(result)}; use one of them"
+            )
+        return float(result[self.metric])
+
+    def _store(self, config: SubnetConfig, score: float):
+        self.cache[config.key] = score
+        self.evaluations += 1
+        if self.on_evaluation is not None:
+            self.on_evaluation(config, score)
+
     def score(self, config: SubnetConfig) -> float:
         """``metric`` of one config on the (sub-sampled) valid split; cached by key."""
         key = config.key
         if key not in self.cache:
             start = time.perf_counter()
-            with self.model.active_subnet(config):
-                result = self.trainer.evaluate(self.data, load_best_model=False,
-                                               show_progress=False)
+            score = self._measure(config)
             self.seconds += time.perf_counter() - start
-            if self.metric not in result:
-                raise ValueError(
-                    f"config key `search_metric` = {self.metric!r} is not among the evaluation "
-                    f"results {sorted(result)}; use one of them"
-                )
-            self.cache[key] = float(result[self.metric])
-            self.evaluations += 1
-            if self.on_evaluation is not None:
-                self.on_evaluation(config, self.cache[key])
+            self._store(config, score)
         return self.cache[key]
 
     def evaluate(self, configs: Iterable[SubnetConfig]) -> np.ndarray:
-        """Scores of ``configs`` (float64, in order); configs already evaluated cost nothing."""
+        """Scores of ``configs`` (float64, in order); configs already evaluated cost nothing.
+
+        In a process group of several ranks (every rank runs the same search, so asks for the
+        same configs) each rank evaluates every ``world_size``-th new config and the scores are
+        gathered: every rank ends with the same cache, so the search takes the same decisions
+        as a serial one.
+        """
+        configs = list(configs)
+        if distributed.is_distributed():
+            new = list({c.key: c for c in configs if c.key not in self.cache}.values())
+            if new:
+                start = time.perf_counter()
+                rank, world = distributed.get_rank(), distributed.get_world_size()
+                mine = {c.key: self._measure(c) for c in new[rank::world]}
+                scores = {}
+                for part in distributed.all_gather_objects(mine):
+                    scores.update(part)
+                self.seconds += time.perf_counter() - start
+                for config in new:
+                    self._store(config, scores[config.key])
         return np.array([self.score(config) for config in configs], dtype=np.float64)
 
     # ------------------------------------------------------------------ predictor

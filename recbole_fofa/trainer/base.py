@@ -1,12 +1,14 @@
 """What every trainer run through the plugin adds to RecBole's, for any model."""
 
+import contextlib
 import functools
+import os
 
 from recbole.evaluator import Evaluator
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
-from recbole_fofa import compat
+from recbole_fofa import compat, distributed
 from recbole_fofa.cost import CostNotMeasurableError
 from recbole_fofa.evaluator import measure
 from recbole_fofa.evaluator.collector import CostCollector
@@ -25,11 +27,73 @@ class PluginTrainerMixin:
     """
 
     collector_class = CostCollector
+    #: Under DDP, whether ``evaluate`` gathers the ranks' results (False while each rank
+    #: evaluates something of its own: the parallel subnet search).
+    reduce_results = True
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        if config["single_spec"] is False:
+            self._init_distributed(config, model)
+        else:
+            super().__init__(config, model)
         self.eval_collector = self.collector_class(config)
         self._cost_checked = False
+
+    # ------------------------------------------------------------------ DDP
+    def _init_distributed(self, config, model):
+        """RecBole's ``__init__`` with the plugin's DDP wrap (CPU/gloo too), a tensorboard writer
+        on rank 0 only, and rank 0's checkpoint file name on every rank."""
+        # ranks would race in RecBole's exists-then-mkdir of the checkpoint folder
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        config["single_spec"] = True  # RecBole's own wrap is GPU-only: skip it, wrap below
+        try:
+            with (distributed.no_tensorboard() if not distributed.is_main_process()
+                  else contextlib.nullcontext()):
+                super().__init__(config, model)
+        finally:
+            config["single_spec"] = False
+        self._trainable = None
+        self.wrap_distributed()
+        # names carry the local time in seconds, which the ranks need not share
+        self.saved_model_file = distributed.broadcast_object(self.saved_model_file)
+
+    def wrap_distributed(self):
+        """(Re)build the DDP wrapper when the set of trainable parameters changed (DDP reduces
+        the parameters that required a gradient when it was built)."""
+        if self.config["single_spec"] is not False:
+            return
+        trainable = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
+        if trainable != self._trainable:
+            self.model, self.distributed_model = distributed.wrap_model(self.model, self.config)
+            self._trainable = trainable
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """Rank 0 writes a checkpoint that reloads in one process; the others wait for it."""
+        if self.config["single_spec"] is not False:
+            return super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        if distributed.is_main_process():
+            config = self.config
+            self.config = distributed.portable_config(config)
+            try:
+                super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+            finally:
+                self.config = config
+        distributed.barrier()
+
+    def load_best_checkpoint(self, model_file=None):
+        """Load the best checkpoint (``model_file`` or this run's) into the model: under DDP read
+        by rank 0 and broadcast to every rank. Returns the checkpoint."""
+        checkpoint_file = model_file or self.saved_model_file
+        checkpoint = distributed.load_checkpoint(checkpoint_file, self.device)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return checkpoint
+
+    def _map_reduce(self, result, num_sample):
+        if not self.reduce_results:
+            return result
+        return super()._map_reduce(result, num_sample)
 
     def check_cost(self, data):
         """Measure the model's fixed cost on row 0 of ``data`` (once; see the class docstring)."""
@@ -77,6 +141,9 @@ class PluginTrainerMixin:
         # models with per-user structures record them only while an evaluation needs them
         if self.eval_collector.needs_cost and hasattr(model, "reset_evaluation_costs"):
             model.reset_evaluation_costs()
+        if eval_data and load_best_model and self.config["single_spec"] is False:
+            self.load_best_checkpoint(model_file)  # rank 0 reads, every rank gets it
+            load_best_model = False
         try:
             with compat.trusted_checkpoint_loads():
                 return super().evaluate(eval_data, load_best_model, model_file, show_progress)

@@ -7,7 +7,7 @@ import time
 
 from recbole.utils import set_color
 
-from recbole_fofa import checks, compat
+from recbole_fofa import checks, compat, distributed
 from recbole_fofa.search import SearchSettings, build_space
 from recbole_fofa.search import search as run_search
 from recbole_fofa.search.estimator import PredictedQuality, SubnetEstimator
@@ -55,6 +55,7 @@ class ForwardOFATrainer(Trainer):
             groups.append({"params": backbone, "lr": self.learning_rate * scale})
         for parameter in backbone:
             parameter.requires_grad_(scale > 0)
+        self.wrap_distributed()  # DDP reduces what was trainable when it was built
         return self._build_optimizer(params=groups)
 
     def temperature(self, epoch_idx):
@@ -70,8 +71,8 @@ class ForwardOFATrainer(Trainer):
             self.logger.info(set_color(f"stage 1: supernet ({self.epochs} epochs)", "blue"))
             super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
             if saved and valid_data:
-                with compat.trusted_checkpoint_loads():  # continue from the best supernet
-                    checkpoint = compat.torch_load_trusted(self.saved_model_file, self.device)
+                # continue from the best supernet (under DDP: read by rank 0, broadcast)
+                checkpoint = distributed.load_checkpoint(self.saved_model_file, self.device)
                 self.model.load_state_dict(checkpoint["state_dict"])
             self._enter_stage("adapt")
         self.logger.info(set_color(f"stage 2: controller + mapper ({self.epochs} epochs)", "blue"))
@@ -152,7 +153,9 @@ class ForwardOFATrainer(Trainer):
             self._evaluate_budget(entry, requested[entry.budget_macs], valid_data, test_data)
             for entry in result.budgets
         ]
-        path = result.to_json(self.search_result_file)
+        path = self.search_result_file
+        if distributed.is_main_process():  # in a process group every rank holds the same result
+            result.to_json(path)
         self.search_estimator = estimator
         self.logger.info(
             set_color("subnet search", "blue") + f": {result.strategy} took "

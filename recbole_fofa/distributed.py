@@ -1,0 +1,409 @@
+"""Distributed runs (DDP) on CPUs with gloo and on GPUs with NCCL: process-group set-up, backend
+choice, rank helpers and the collectives the trainers and the subnet search use.
+
+RecBole 1.2.1 supports DDP on GPUs only: ``Config._init_device`` asserts one GPU per process and
+always initialises NCCL, and ``AbstractTrainer`` wraps the model with
+``device_ids=[local_rank]``, which a CPU module refuses. The plugin's :class:`~recbole_fofa.config.
+Config` calls :func:`init_device` instead, and the plugin's trainers wrap the model with
+:func:`wrap_model`. Everything else stays RecBole's: the spawned processes
+(:func:`recbole_fofa.quick_start.run`), the ``DistributedSampler`` of its dataloaders (each rank
+gets ``1 / world_size`` of every batch, so the global batch is ``train_batch_size``), gradient
+averaging by DDP with ``sync_grad_loss`` (every parameter takes part in every step, also the blocks
+a sub-network skips) and the sample-weighted gathering of evaluation results.
+
+Config keys (``properties/overall.yaml``): ``dist_backend`` (null: ``nccl`` on GPUs, ``gloo`` on
+CPUs) and ``dist_timeout`` (seconds a process waits for the others, in the set-up and in every
+collective). docs/distributed.md has the commands.
+"""
+
+import contextlib
+import copy
+import datetime
+import errno
+import os
+import socket
+from logging import getLogger
+
+import torch
+import torch.distributed as dist
+
+#: Process-group backends the plugin sets up: gloo (CPU tensors, also CUDA) and NCCL (GPUs).
+BACKENDS = ("gloo", "nccl")
+#: Default ``dist_timeout`` in seconds (torch's own default for gloo).
+DEFAULT_TIMEOUT = 1800
+#: Keys of a distributed run that a checkpoint must not keep (a reload is one process).
+DISTRIBUTED_KEYS = ("world_size", "nproc", "offset", "ip", "port")
+
+
+class PortInUseError(RuntimeError):
+    """The master port of a distributed run is taken by another program (or an earlier run)."""
+
+
+def port_in_use_message(ip, port):
+    return (f"--port={port}: port {port} on {ip} is already in use (another program or an "
+            f"unfinished run holds it), so rank 0 cannot open the process group there; pass a "
+            f"free port with --port (config key `port`)")
+
+
+# ----------------------------------------------------------------------------- rank helpers
+
+
+def is_distributed():
+    """Whether this process is in an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank():
+    """Global rank of this process (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size():
+    """Number of processes in the group (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process(config=None):
+    """Whether this process writes checkpoints, logs and results: global rank 0, or any
+    single-process run (``config['single_spec']``)."""
+    if config is not None and config["single_spec"] is not False:
+        return True
+    return get_rank() == 0
+
+
+def barrier():
+    """Wait for every rank (a no-op outside a distributed run)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj, src=0):
+    """``obj`` of rank ``src`` on every rank (picklable objects; tensors arrive on the CPU when
+    they were sent from the CPU)."""
+    if not is_distributed():
+        return obj
+    holder = [obj if get_rank() == src else None]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_gather_objects(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def checksum(module):
+    """A float64 sum of every parameter, weighted by position (detects a swapped or drifted
+    entry, not only a changed total): the same number on ranks whose weights agree."""
+    total = torch.zeros((), dtype=torch.float64)
+    for index, parameter in enumerate(module.parameters()):
+        values = parameter.detach().double().flatten().cpu()
+        weights = torch.arange(1, values.numel() + 1, dtype=torch.float64)
+        total += (index + 1) * (values * weights).sum() / values.numel()
+    return float(total)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _gpu_ids(value):
+    """``gpu_id`` as RecBole reads it: a comma-separated string ('' for none)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def choose_backend(values):
+    """(device type, backend) for a distributed run configured by ``values`` (a config dict).
+
+    The device follows RecBole's rule (CUDA when available and ``gpu_id`` names a GPU, else the
+    CPU); ``dist_backend`` null picks ``nccl`` on CUDA and ``gloo`` on the CPU. ``nccl`` without
+    CUDA, or a backend torch was built without, is a ValueError naming the key.
+    """
+    backend = values.get("dist_backend")
+    use_cuda = bool(_gpu_ids(values.get("gpu_id"))) and torch.cuda.is_available()
+    device = "cuda" if use_cuda else "cpu"
+    if backend is None:
+        backend = "nccl" if use_cuda else "gloo"
+    if backend not in BACKENDS:
+        raise ValueError(f"config key `dist_backend` = {backend!r} is invalid: expected null "
+                         f"(nccl on GPUs, gloo on CPUs) or one of {list(BACKENDS)}")
+    if backend == "nccl" and not use_cuda:
+        raise ValueError("config key `dist_backend` = 'nccl' needs CUDA GPUs, and this run has "
+                         "none (no CUDA device, or `gpu_id` is empty): use 'gloo' or leave "
+                         "`dist_backend` unset")
+    available = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available}[backend]
+    if not available():
+        raise ValueError(f"config key `dist_backend` = {backend!r}: this torch build has no "
+                         f"{backend} backend; use one of "
+                         f"{[b for b in BACKENDS if b != backend]} or leave it unset")
+    return device, backend
+
+
+def check_port_free(ip, port):
+    """Raise :class:`PortInUseError` (naming ``--port``) when ``port`` on ``ip`` is taken.
+
+    Run on the machine that hosts rank 0 before processes are spawned, so a taken port is one
+    clear error instead of a failed spawn; an address that is not this machine's is left to the
+    process group.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, int(port)))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise PortInUseError(port_in_use_message(ip, port)) from None
+            if err.errno == errno.EADDRNOTAVAIL or isinstance(err, socket.gaierror):
+                return  # not an address of this machine: rank 0 runs elsewhere
+            raise
+
+
+def init_process_group(backend, rank, world_size, ip, port, timeout=DEFAULT_TIMEOUT):
+    """``torch.distributed.init_process_group`` over ``tcp://ip:port`` with a timeout, so that a
+    missing rank ends in an error after ``timeout`` seconds instead of a hang, and a taken port
+    is a :class:`PortInUseError` naming ``--port``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside the world of {world_size} processes: check "
+                         "--world_size, --nproc and --group_offset")
+    try:
+        dist.init_process_group(
+            backend=backend, init_method=f"tcp://{ip}:{port}", rank=rank, world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
+    except (RuntimeError, OSError) as err:  # DistNetworkError is a RuntimeError
+        text = str(err)
+        if "EADDRINUSE" in text or "address already in use" in text.lower():
+            raise PortInUseError(port_in_use_message(ip, port)) from err
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            raise RuntimeError(
+                f"rank {rank}: the process group at {ip}:{port} did not form within "
+                f"dist_timeout = {timeout}s ({world_size} processes expected): check that every "
+                "machine runs with the same --ip, --port and --world_size and that rank 0 is "
+                f"up; {text}") from err
+        raise
+
+
+def init_device(values):
+    """The distributed branch of ``Config._init_device`` for ``values`` (the final config dict):
+    joins the process group (``dist_backend``) and sets ``device``, ``single_spec`` and, on
+    ranks other than 0, quiet logging (``state: error``, no progress bars)."""
+    gpu_id = _gpu_ids(values.get("gpu_id"))
+    values["gpu_id"] = gpu_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id  # as RecBole: gpu_id picks the visible GPUs
+    device_type, backend = choose_backend(values)
+    local_rank, nproc = int(values["local_rank"]), int(values.get("nproc") or 1)
+    if device_type == "cuda":
+        listed = len(gpu_id.split(","))
+        if listed < nproc or torch.cuda.device_count() < nproc:
+            raise ValueError(
+                f"--nproc={nproc} GPU processes on this machine need {nproc} GPUs, but `gpu_id` "
+                f"= {gpu_id!r} lists {listed} and {torch.cuda.device_count()} are visible: set "
+                f"--gpu_id to {nproc} GPU ids (e.g. '{','.join(map(str, range(nproc)))}'), "
+                "start fewer processes, or set `gpu_id: ''` to train on the CPU with gloo")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    world_size = int(values.get("world_size") or nproc)
+    rank = local_rank + int(values.get("offset") or 0)
+    timeout = values.get("dist_timeout")
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    if not dist.is_initialized():
+        init_process_group(backend, rank, world_size, values.get("ip") or "localhost",
+                           values.get("port") or 5678, timeout)
+    elif dist.get_rank() != rank or dist.get_world_size() != world_size:
+        raise RuntimeError(
+            f"a process group is already initialised as rank {dist.get_rank()} of "
+            f"{dist.get_world_size()}, but this config asks for rank {rank} of {world_size}")
+    values["device"] = device
+    values["dist_backend"] = backend
+    values["single_spec"] = False
+    if rank != 0:
+        values["state"] = "error"
+        values["show_progress"] = False
+        values["verbose"] = False
+
+
+def worker_threads(nproc):
+    """CPU threads for each of ``nproc`` processes on one machine: the cores shared out (at
+    least 1), unless ``OMP_NUM_THREADS`` says otherwise."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(nproc))))
+    return torch.get_num_threads()
+
+
+def destroy():
+    """Leave the process group (a no-op when none is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def free_port(ip="localhost"):
+    """A TCP port on ``ip`` that is free now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((ip, 0))
+        return sock.getsockname()[1]
+
+
+def _spawned(rank, nproc, ip, port, backend, timeout, fn, args, queue):
+    worker_threads(nproc)
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    init_process_group(backend, rank, nproc, ip, port, timeout)
+    try:
+        result = fn(*args)
+        if rank == 0:
+            queue.put(result)
+    finally:
+        destroy()
+
+
+def spawn(fn, nproc, args=(), ip="localhost", port=None, backend=None,
+          timeout=DEFAULT_TIMEOUT, deadline=None):
+    """Run ``fn(*args)`` in ``nproc`` new processes on this machine that form one process group
+    (``backend``: default nccl with CUDA, else gloo; ``port``: default a free one) and return
+    rank 0's return value. ``fn`` must be importable (a module-level function).
+
+    A failing rank raises here with its traceback (the others are stopped); with ``deadline``
+    (seconds) a run that has not finished by then is stopped and a TimeoutError raised.
+    """
+    import time
+
+    import torch.multiprocessing as mp
+
+    if port is None:
+        port = free_port(ip)
+    else:
+        check_port_free(ip, port)
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    processes = mp.start_processes(
+        _spawned, args=(nproc, ip, port, backend, timeout, fn, tuple(args), queue),
+        nprocs=nproc, join=False, start_method="spawn")
+    end = None if deadline is None else time.monotonic() + deadline
+    while not processes.join(timeout=1):
+        if end is not None and time.monotonic() > end:
+            for process in processes.processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes.processes:
+                process.join(10)
+            raise TimeoutError(f"spawn: {nproc} processes running {fn.__name__} did not finish "
+                               f"within {deadline}s; stopped")
+    return None if queue.empty() else queue.get()
+
+
+# ----------------------------------------------------------------------------- model and config
+
+
+def wrap_model(model, config):
+    """``DistributedDataParallel`` around ``model`` for this rank's device: ``device_ids`` only on
+    CUDA (a CPU module refuses them), SyncBatchNorm only on CUDA (it has no CPU kernel). Only the
+    parameters that require a gradient now are reduced: call it again after freezing some."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(config["device"])
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return model, DistributedDataParallel(model, device_ids=[index])
+    return model, DistributedDataParallel(model)
+
+
+def portable_config(config):
+    """A copy of ``config`` for a checkpoint of a distributed run: one process (``single_spec``
+    True, ``local_rank`` 0, the device type without a rank's index) and no process-group keys,
+    so that the checkpoint reloads anywhere (RecBole issue #2063)."""
+    clone = copy.copy(config)
+    values = dict(config.final_config_dict)
+    for key in DISTRIBUTED_KEYS:
+        values.pop(key, None)
+    values["single_spec"] = True
+    values["local_rank"] = 0
+    device = torch.device(values.get("device") or "cpu")
+    values["device"] = torch.device(device.type)
+    clone.final_config_dict = values
+    return clone
+
+
+def unsharded_config(config):
+    """``config`` unchanged for one process, else a copy whose dataloaders are not split across
+    ranks (``single_spec`` True; the rank's device is kept)."""
+    if config["single_spec"] is not False:
+        return config
+    clone = copy.copy(config)
+    clone.final_config_dict = dict(config.final_config_dict, single_spec=True)
+    return clone
+
+
+def unsharded(eval_data):
+    """``eval_data`` itself, or in a distributed run a dataloader of the same class over all of
+    its rows (RecBole gives each rank a ``DistributedSampler`` share)."""
+    config = unsharded_config(eval_data.config)
+    if config is eval_data.config:
+        return eval_data
+    return type(eval_data)(config, eval_data._dataset, eval_data._sampler, shuffle=False)
+
+
+def load_checkpoint(path, device=None):
+    """The checkpoint at ``path``: read by rank 0 and broadcast, so ranks on machines without
+    rank 0's file system get it too (one process: read here)."""
+    from recbole_fofa import compat
+
+    if not is_distributed():
+        return compat.torch_load_trusted(path, device)
+    checkpoint = compat.torch_load_trusted(path, "cpu") if get_rank() == 0 else None
+    return broadcast_object(checkpoint)
+
+
+# ----------------------------------------------------------------------------- rank-0-only files
+
+
+class _NoTensorboard:
+    """Stands for RecBole's ``SummaryWriter`` on ranks other than 0: every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def no_tensorboard():
+    """Inside the block, RecBole trainers are built without a tensorboard writer (which creates
+    ``./log_tensorboard/<run>/`` at once): for ranks other than 0."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    original = recbole_trainer.get_tensorboard
+    recbole_trainer.get_tensorboard = lambda logger: _NoTensorboard()
+    try:
+        yield
+    finally:
+        recbole_trainer.get_tensorboard = original
+
+
+def drop_log_files(logger=None):
+    """Remove the root logger's file handlers and their still empty files: ranks other than 0
+    log to the console only (at ``state: error``), rank 0 writes RecBole's log file."""
+    logger = logger or getLogger()
+    for handler in logger.handlers[:]:
+        path = getattr(handler, "baseFilename", None)
+        if path is None:
+            continue
+        logger.removeHandler(handler)
+        handler.close()
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            os.remove(path)
+
+
+__all__ = [
+    "BACKENDS", "DEFAULT_TIMEOUT", "PortInUseError", "all_gather_objects", "barrier",
+    "broadcast_object", "check_port_free", "checksum", "choose_backend", "destroy",
+    "drop_log_files", "free_port", "get_rank", "get_world_size", "init_device",
+    "init_process_group", "is_distributed", "is_main_process", "load_checkpoint",
+    "no_tensorboard", "portable_config", "spawn", "unsharded", "unsharded_config",
+    "worker_threads", "wrap_model",
+]
