@@ -30,7 +30,12 @@ import numpy as np
 import torch
 
 from recbole_fofa import distributed, get_trainer
-from recbole_fofa.quick_start import load_data_and_model, prepare, search_checkpoint
+from recbole_fofa.quick_start import (
+    load_data_and_model,
+    prepare,
+    quiet_console,
+    search_checkpoint,
+)
 from recbole_fofa.search import build_space
 from recbole_fofa.table import format_table
 
@@ -171,7 +176,10 @@ def main():
     if args.quick:
         args.k, args.generations, args.eval_users = 3, 2, 20
     sys.argv = sys.argv[:1]  # RecBole's Config would read our flags as config keys
-    with tempfile.TemporaryDirectory(prefix="fofa-ddp-bench-") as workdir:
+    # RecBole's pandas FutureWarnings, once per process, would bury the tables; the spawned
+    # processes inherit the filter through the environment.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    with quiet_console(), tempfile.TemporaryDirectory(prefix="fofa-ddp-bench-") as workdir:
         if args.quick:  # a smoke test leaves nothing behind (RecBole writes into the cwd)
             os.chdir(workdir)
         dataset, config_files, settings = setup(args, workdir)
