@@ -49,14 +49,6 @@ from recbole_fofa.subnet import SubnetConfig, SupernetShape
 STAGES = ("supernet", "adapt")
 
 
-def _slices(counts):
-    """Consecutive slices of the given lengths."""
-    start = 0
-    for count in counts:
-        yield slice(start, start + count)
-        start += count
-
-
 class ForwardOFA(SequentialRecommender):
     """Device-specific sub-networks, structure and parameters, in one forward pass."""
 
@@ -240,11 +232,9 @@ class ForwardOFA(SequentialRecommender):
         structures, kept, counts, order = group_by_structure(mask)
         if len(kept) == 1:  # one structure: no permutation
             return self._encode_group(item_seq, item_seq_len, z, structures[0], kept[0])
-        seq, lengths, z = item_seq[order], item_seq_len[order], z[order]
-        outputs = [
-            self._encode_group(seq[rows], lengths[rows], z[rows], structure, blocks)
-            for rows, structure, blocks in zip(_slices(counts), structures, kept)
-        ]
+        groups = zip(item_seq[order].split(counts), item_seq_len[order].split(counts),
+                     z[order].split(counts), structures, kept)
+        outputs = [self._encode_group(*group) for group in groups]
         grouped = torch.cat(outputs)
         return torch.empty_like(grouped).index_copy_(0, order, grouped)
 
