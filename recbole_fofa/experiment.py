@@ -25,8 +25,8 @@ from recbole_fofa.utils import get_trainer
 #: (``train(..., supernet=...)``), as the benchmark's ablations and the analyses' sweeps do
 STAGE2_KEYS = frozenset([
     "mapper_mode", "mapper_rank", "mapper_hidden", "controller", "extractor", "rt_len",
-    "sparsity_weight", "keep_threshold", "tau_start", "tau_end", "tau_anneal_epochs",
-    "backbone_lr_scale", "device_budget", "epochs",
+    "sparsity_weight", "sparsity_target", "keep_threshold", "tau_start", "tau_end",
+    "tau_anneal_epochs", "backbone_lr_scale", "device_budget", "epochs",
 ])
 
 __all__ = ["STAGE2_KEYS", "Trained", "train", "quiet_console", "quieten_console",

@@ -181,7 +181,8 @@ def test_stage_two_scales_or_freezes_the_backbone(fofa):
 @pytest.mark.parametrize("key, value", [
     ("mapper_mode", "serial"), ("extractor", "lstm"), ("rt_len", 0), ("n_blocks", 0),
     ("sparsity_weight", -0.1), ("keep_threshold", 1.0), ("keep_threshold", 0.0),
-    ("device_budget", 0.2), ("device_budget", 100)])
+    ("device_budget", 0.2), ("device_budget", 100), ("supernet_full_epochs", -1),
+    ("sparsity_target", 0.0), ("sparsity_target", 1.5)])
 def test_invalid_values_raise_naming_the_key(fofa, key, value):
     dataset, config = fofa
     config[key] = value
@@ -194,6 +195,44 @@ def test_plugin_yaml_documents_every_key():
     for key in ["n_blocks", "rt_len", "extractor", "mapper_mode", "mapper_rank", "mapper_hidden",
                 "sparsity_weight", "keep_threshold", "tau_start", "tau_end", "tau_anneal_epochs",
                 "device_budget", "supernet_epochs", "supernet_subnets", "distill_weight",
-                "backbone_lr_scale", "n_candidates"]:
+                "backbone_lr_scale", "n_candidates", "supernet_full_epochs",
+                "sparsity_target"]:
         assert key in config
     assert config["n_blocks"] == 6 and config["rt_len"] == 10
+
+
+def test_full_epochs_train_the_full_network_alone_then_the_sandwich(fofa):
+    dataset, config = fofa
+    cfg, model, (train, _, _) = prepare("ForwardOFA", dataset, config_dict=dict(
+        config, supernet_full_epochs=1, supernet_subnets=2, distill_weight=0.0,
+        hidden_dropout_prob=0.0, attn_dropout_prob=0.0))
+    interaction = _batch(cfg, train)
+    seq, length = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+    torch.manual_seed(0)
+    full_only = model.calculate_loss(interaction)
+    full = model._rec_loss(model.encode_subnet(seq, length, model.shape.full()), interaction)
+    assert full_only.item() == pytest.approx(full.item(), rel=1e-6)
+    model.supernet_epoch = 1  # the trainer sets it per epoch: now the sub-networks join
+    step = model.supernet_step
+    expected = full + sum(model._rec_loss(model.encode_subnet(seq, length, sub), interaction)
+                          for sub in model.sample_subnets(step))
+    assert model.calculate_loss(interaction).item() == pytest.approx(expected.item(), rel=1e-5)
+
+    trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
+    trainer._train_epoch(train, 3)
+    assert model.supernet_epoch == 3
+
+
+def test_sparsity_target_penalises_only_the_excess_per_user(fofa):
+    dataset, config = fofa
+    _, model, _ = prepare("ForwardOFA", dataset, config_dict=dict(config, sparsity_target=0.5))
+    costs = model.block_costs / model.block_costs.sum()
+    probs = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [1.0, 0.5, 0.0]], requires_grad=True)
+    excess = model.expected_cost_excess(probs)
+    expected = (probs.detach() @ costs - 0.5).clamp(min=0)
+    assert torch.allclose(excess, expected) and excess[0].item() == pytest.approx(0.5)
+    assert excess[1].item() == 0.0
+    excess.sum().backward()
+    assert probs.grad[1].abs().sum() == 0 and (probs.grad[0] > 0).all()
+    model.sparsity_target = None  # the paper's global penalty: every user's expected cost
+    assert torch.allclose(model.expected_cost_excess(probs.detach()), probs.detach() @ costs)

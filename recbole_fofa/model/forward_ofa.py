@@ -8,13 +8,16 @@ structure. Adapting to a device is one forward pass: no gradient step ever runs 
 Two stages (driven by :class:`recbole_fofa.trainer.ForwardOFATrainer` through :attr:`stage`):
 
 * ``supernet``: every step trains the largest network plus sampled sub-networks (OFA's sandwich:
-  the smallest, then random ones), distilling the largest network's scores into the sub-networks.
+  the smallest, then random ones), distilling the largest network's scores into the sub-networks;
+  the first ``supernet_full_epochs`` epochs train the largest network alone (OFA's progressive
+  shrinking starts there).
   Without a :attr:`ForwardOFA.subnet_space` the sub-networks are block masks (the largest is the
   full network, the smallest one random block); with one (an elastic or compound search space)
   they are that space's configs, widths and heads included, so every sub-network a search may
   pick was trained;
 * ``adapt``: controller + mapper (and the backbone at a scaled learning rate) under
-  ``rec_loss + sparsity_weight * sum_l(cost_l * p_l) / sum_l(cost_l)``.
+  ``rec_loss + sparsity_weight * sum_l(cost_l * p_l) / sum_l(cost_l)``; with ``sparsity_target``
+  t only the per-user excess ``max(0, sum_l(cost_l * p_l) / sum_l(cost_l) - t)`` is penalised.
 
 For the subnet search, :meth:`ForwardOFA.active_subnet` scores every user with one fixed
 :class:`~recbole_fofa.subnet.SubnetConfig` and :meth:`ForwardOFA.budget` applies a per-user budget
@@ -66,6 +69,8 @@ class ForwardOFA(SequentialRecommender):
         self.controller_mode = config["controller"]
         self.sparsity_weight = config["sparsity_weight"]
         self.supernet_subnets = config["supernet_subnets"]
+        self.supernet_full_epochs = config["supernet_full_epochs"]
+        self.sparsity_target = config["sparsity_target"]
         self.distill_weight = config["distill_weight"]
         self.eval_grouping = config["eval_grouping"]
 
@@ -114,6 +119,9 @@ class ForwardOFA(SequentialRecommender):
         # Supernet steps taken so far: with a subnet_space, step t samples from rng(seed, t), and
         # a resumed run continues the sequence.
         self.supernet_step = 0
+        # Stage-1 epoch being trained (the trainer sets it): the first `supernet_full_epochs`
+        # train the full network alone.
+        self.supernet_epoch = 0
         self.sample_seed = int(config["seed"])
         self.other_parameter_name = ["stage", "supernet_step"]
         self._subnet_space = None
@@ -406,12 +414,20 @@ class ForwardOFA(SequentialRecommender):
             return self._supernet_loss(interaction, item_seq, item_seq_len)
         seq_output = self.forward(item_seq, item_seq_len)
         rec_loss = self._rec_loss(seq_output, interaction)
-        expected_cost = (self._last_probs @ self.block_costs) / self.block_costs.sum()
         # with `controller: none` the structure is fixed (p = 1): the term is a constant 0
         weight = 0.0 if self.controller_mode == "none" else self.sparsity_weight
-        sparsity_loss = weight * expected_cost.mean()
+        sparsity_loss = weight * self.expected_cost_excess(self._last_probs).mean()
         self._train_sparsity_sum += float(sparsity_loss.detach())
         return rec_loss, sparsity_loss
+
+    def expected_cost_excess(self, probs):
+        """Per-user penalised cost [B] of keep probabilities ``probs`` [B, n]: the expected
+        fraction of the full encoder's MACs, or, with ``sparsity_target``, only its part above
+        the target (a per-user MACs target: users under it are not pushed further)."""
+        expected = (probs @ self.block_costs) / self.block_costs.sum()
+        if self.sparsity_target is None:
+            return expected
+        return F.relu(expected - self.sparsity_target)
 
     def largest_subnet(self):
         """The supernet stage's teacher: the space's largest config, or the full network."""
@@ -455,6 +471,8 @@ class ForwardOFA(SequentialRecommender):
         self.supernet_step += 1
         full = self.encode_subnet(item_seq, item_seq_len, self.largest_subnet())
         loss = self._rec_loss(full, interaction)
+        if self.supernet_epoch < self.supernet_full_epochs:
+            return loss  # progressive shrinking starts from the full network alone
         teacher = F.softmax(self._scores(full).detach(), dim=-1) if self.distill_weight else None
         for cfg in self.sample_subnets(step):
             sub = self.encode_subnet(item_seq, item_seq_len, cfg)

@@ -17,7 +17,8 @@ from recbole_fofa.trainer.base import Trainer
 class ForwardOFATrainer(Trainer):
     """Two stages on RecBole's ``fit``: early stopping, checkpoints and resume work in each.
 
-    Stage 1 (``supernet_epochs``) trains the supernet with sandwich sub-networks; stage 2
+    Stage 1 (``supernet_epochs``) trains the supernet with sandwich sub-networks (the full network
+    alone for its first ``supernet_full_epochs``); stage 2
     (``epochs``) trains the structure controller and the mapper, the backbone at
     ``learning_rate * backbone_lr_scale`` (0 freezes it), with the Gumbel temperature annealed
     from ``tau_start`` to ``tau_end`` over ``tau_anneal_epochs``. The best checkpoint of each stage
@@ -80,6 +81,8 @@ class ForwardOFATrainer(Trainer):
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.reset_train_stats()
+        if self.model.stage == "supernet":
+            self.model.supernet_epoch = epoch_idx
         if self.model.stage == "adapt":
             self.model.tau = self.temperature(epoch_idx)
         losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
