@@ -76,7 +76,11 @@ def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fof
 
     Writes ``<output_dir>/blocks.png`` ((a) keep frequency per block, (b) users by number of kept
     blocks, (c) top-structure share and entropy per setting), ``blocks.md`` and ``blocks.csv``
-    (one row per setting); returns the :class:`AnalysisResult`.
+    (one row per setting). For the trained setting, the test users grouped by number of kept
+    blocks (:func:`behaviour_by_blocks`: share, history, popularity, NDCG@10) and the Spearman
+    correlations (:func:`block_correlations`) are further tables (``result.tables['users']``,
+    ``['correlation']``) in ``blocks.md``, ``blocks_users.csv`` and ``blocks_correlation.csv``.
+    Returns the :class:`AnalysisResult`.
     """
     thresholds = check_values("thresholds", thresholds, key="keep_threshold")
     variations = _check_variations(DEFAULT_VARIATIONS if variations is None else variations)
