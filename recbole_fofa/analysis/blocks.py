@@ -340,7 +340,7 @@ def user_behaviour(model, data, dataset) -> Dict[str, np.ndarray]:
       not; so on a full-sort loader the mean equals RecBole's NDCG@10 on ``data`` (up to
       ``metric_decimal_place`` rounding). On a negative-sampling loader it is still full-sort.
     """
-    counts = _train_item_counts(dataset, model.n_items)
+    counts = _train_item_counts(dataset, model.n_items).to(model.device)
     if getattr(model, "active_config", None) is not None:
         raise ValueError("user_behaviour(): the model is inside active_subnet(); per-user "
                          "structures need the controller: leave the active_subnet block first")
@@ -354,7 +354,7 @@ def user_behaviour(model, data, dataset) -> Dict[str, np.ndarray]:
                 seq, length = seq.to(model.device), length.to(model.device)
                 _, mask, _ = model.eval_structure(seq, length)
                 recent, recent_len = last_k(seq, length, model.rt_len)
-                recent_counts = counts.to(model.device)[recent] * (recent > 0)
+                recent_counts = counts[recent] * (recent > 0)
                 popularity = torch.where(recent_len > 0,
                                          recent_counts.sum(1) / recent_len.clamp(min=1),
                                          float("nan"))
