@@ -133,6 +133,8 @@ def test_at_equal_structure_bad_models(adapted):
         at_equal_structure({}, test, full)
     with pytest.raises(ValueError, match=r"models\['x'\] is a Linear"):
         at_equal_structure({"a": model, "x": torch.nn.Linear(2, 2)}, test, full)
+    with pytest.raises(ValueError, match="data=list"):
+        at_equal_structure({"a": model}, list(test), full)
 
 
 def test_mapper_analysis_end_to_end(fofa, tmp_path):

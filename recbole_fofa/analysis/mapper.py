@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Dict, List
 
 import numpy as np
+from recbole.data.dataloader import AbstractDataLoader
 
 from recbole_fofa import experiment
 from recbole_fofa.analysis import AnalysisResult
@@ -152,6 +153,9 @@ def at_equal_structure(models, data, structures) -> List[dict]:
     models = _check_models(models)
     first_label, first = next(iter(models.items()))
     structures = _check_structures(structures, first.shape)
+    if not isinstance(data, AbstractDataLoader):
+        raise ValueError(f"data={type(data).__name__}: expected a RecBole evaluation dataloader "
+                         "(e.g. the test data of data_preparation)")
     require_metrics(data.config, ["NDCG", "Hit"])
     was_training = {label: model.training for label, model in models.items()}
     try:
