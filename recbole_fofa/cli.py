@@ -25,6 +25,7 @@ ANALYSES = {
     "blocks": "recbole_fofa.analysis.blocks:run_blocks",
     "conflict": "recbole_fofa.analysis.conflict:run_conflict",
     "protocol": "recbole_fofa.analysis.protocol:run_protocol",
+    "mapper": "recbole_fofa.analysis.mapper:run_mapper",
 }
 DEFAULT_SEED = 2020  # RecBole's default `seed`
 

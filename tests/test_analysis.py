@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from recbole_fofa import cost
-from recbole_fofa.analysis._common import eval_cases, structure_stats, user_structures
-from recbole_fofa.analysis.blocks import run_blocks
+from recbole_fofa.analysis._common import (
+    eval_cases,
+    evaluation_trainer,
+    recbole_evaluate,
+    structure_stats,
+    user_structures,
+)
+from recbole_fofa.analysis.blocks import (
+    behaviour_by_blocks,
+    block_correlations,
+    run_blocks,
+    user_behaviour,
+)
 from recbole_fofa.analysis.conflict import block_gradients, pair_sets, run_conflict
 from recbole_fofa.analysis.sparsity import run_sparsity
 from recbole_fofa.quick_start import prepare
@@ -121,6 +132,30 @@ def test_block_selection_end_to_end(fofa, tmp_path):
     base = result.rows[1]
     dominant = any("One structure dominates" in f for f in result.findings)
     assert dominant == (base["top_share"] >= 0.8)
+    # the trained setting's test users by number of kept blocks, in the markdown and a CSV
+    title, users, columns = result.tables["users"]
+    assert [row["blocks"] for row in users] == sorted({row["blocks"] for row in users})
+    assert sum(row["share"] for row in users) == pytest.approx(1.0)
+    assert sum(row["blocks"] * row["share"] for row in users) == pytest.approx(base["mean_blocks"])
+    assert sum(row["users"] for row in users) == N_USERS
+    for row in users:
+        assert row["seeds"] == 1 and row["history"] == 8  # every planted user: 8 = max length
+        assert 0 < row["popularity"] and 0 <= row["ndcg@10"] <= 1
+    # the per-user NDCG@10 is RecBole's (rounded to 4 decimals there)
+    assert sum(r["share"] * r["ndcg@10"] for r in users) == pytest.approx(base["ndcg@10"],
+                                                                          abs=1e-4)
+    _, correlations, _ = result.tables["correlation"]
+    assert [row["with"] for row in correlations] == ["history", "popularity", "ndcg@10"]
+    assert math.isnan(correlations[0]["spearman"])  # a constant history has no rank correlation
+    for row in correlations[1:]:
+        assert (row["seeds_defined"] == 1) == (len(users) > 1)
+        assert math.isnan(row["spearman"]) or -1 <= row["spearman"] <= 1
+    md = (tmp_path / "out" / "blocks.md").read_text()
+    assert f"## {title}" in md and "## Spearman correlation" in md
+    with open(tmp_path / "out" / "blocks_users.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == columns and len(table) == len(users)
+    assert result.files["correlation_csv"] == str(tmp_path / "out" / "blocks_correlation.csv")
 
 
 @pytest.mark.parametrize("options, match", [
@@ -152,6 +187,80 @@ def test_evaluated_users_are_the_same_under_full_sort_and_sampled_evaluation(fof
         assert torch.equal(a[order_full], b[order_sampled])
     masks = user_structures(model, sampled)
     assert masks.shape == (N_USERS, 3) and masks.any(axis=1).all()
+
+
+@pytest.fixture
+def varied(fofa):
+    """(model, train data, test data in batches of 16) of an untrained stage-2 ForwardOFA whose
+    controller keeps different blocks for different users; RecBole reports 12 decimals."""
+    dataset, config = fofa
+    config = dict(config, supernet_epochs=0, eval_batch_size=16, metric_decimal_place=12)
+    _, model, (train, _, test) = prepare("ForwardOFA", dataset, config_dict=config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.item_embedding.weight[1:].normal_(std=1.0)
+        model.controller.linear.weight.normal_(std=2.0)
+        for head in model.mapper.heads:
+            head[-1].weight.normal_(std=0.5)
+    return model, train, test
+
+
+def test_user_behaviour_per_user_values_and_recbole_ndcg(varied):
+    model, train, test = varied
+    behaviour = user_behaviour(model, test, train)
+    masks = user_structures(model, test)
+    assert set(behaviour) == {"masks", "blocks", "history", "popularity", "ndcg@10"}
+    np.testing.assert_array_equal(behaviour["masks"], masks)
+    np.testing.assert_array_equal(behaviour["blocks"], masks.sum(axis=1))
+    assert len(np.unique(behaviour["blocks"])) > 1
+    seqs, lengths, _ = (torch.cat(t) for t in zip(*eval_cases(model, test)))
+    np.testing.assert_array_equal(behaviour["history"], lengths.numpy())
+    counts = train.dataset.item_counter  # rows per item of the train split
+    for user in range(N_USERS):
+        recent = seqs[user, :lengths[user]][-model.rt_len:].tolist()
+        expected = np.mean([counts.get(item, 0) for item in recent])
+        assert behaviour["popularity"][user] == pytest.approx(expected)
+    ndcg = behaviour["ndcg@10"]
+    hits = ndcg > 0
+    ranks = 2 ** (1 / ndcg[hits]) - 1  # 1 / log2(rank + 1) -> rank
+    np.testing.assert_allclose(ranks, np.round(ranks), atol=1e-9)
+    assert ((ranks >= 1) & (ranks <= 10)).all()
+    result = recbole_evaluate(evaluation_trainer(model, test), test)
+    assert abs(ndcg.mean() - result["ndcg@10"]) < 1e-6
+    assert abs(hits.mean() - result["hit@10"]) < 1e-6
+    with pytest.raises(ValueError, match="dataset=.*train split"):
+        user_behaviour(model, test, train.dataset.inter_feat)
+    with pytest.raises(ValueError, match="active_subnet"), \
+            model.active_subnet(model.shape.full()):
+        user_behaviour(model, test, train)
+
+
+def test_behaviour_by_blocks_and_correlations_of_known_values():
+    behaviour = {"blocks": np.array([1, 3, 1, 2]), "history": np.array([2, 8, 3, 5]),
+                 "popularity": np.array([4.0, 1.0, 2.0, 3.0]),
+                 "ndcg@10": np.array([0.0, 1.0, 0.5, 0.5])}
+    rows = behaviour_by_blocks(behaviour)
+    assert [(r["blocks"], r["users"], r["share"]) for r in rows] == [
+        (1, 2, 0.5), (2, 1, 0.25), (3, 1, 0.25)]
+    assert [(r["history"], r["popularity"], r["ndcg@10"]) for r in rows] == [
+        (2.5, 3.0, 0.25), (5.0, 3.0, 0.5), (8.0, 1.0, 1.0)]
+    rho = block_correlations(behaviour)
+
+    def ranks(values):  # average ranks of ties
+        values = np.asarray(values, dtype=float)
+        return np.array([(values < v).sum() + ((values == v).sum() + 1) / 2 for v in values])
+
+    for key in ("history", "popularity", "ndcg@10"):
+        expected = np.corrcoef(ranks(behaviour["blocks"]), ranks(behaviour[key]))[0, 1]
+        assert rho[key] == pytest.approx(expected)
+    assert rho["history"] == pytest.approx(np.corrcoef([1.5, 4, 1.5, 3], [1, 4, 2, 3])[0, 1])
+    constant = dict(behaviour, blocks=np.array([2, 2, 2, 2]))
+    assert all(math.isnan(v) for v in block_correlations(constant).values())
+    assert len(behaviour_by_blocks(constant)) == 1
+    with pytest.raises(ValueError, match=r"behaviour\['history'\] has shape \(3,\)"):
+        behaviour_by_blocks(dict(behaviour, history=np.array([1, 2, 3])))
+    with pytest.raises(ValueError, match=r"behaviour lacks \['popularity'\]"):
+        block_correlations({k: v for k, v in behaviour.items() if k != "popularity"})
 
 
 # ----------------------------------------------------------------------------- conflict

@@ -181,3 +181,20 @@ def error_bars(stds) -> List[float] | None:
 
 def fmt(value: float, digits: int = 4) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- RecBole evaluation
+def evaluation_trainer(model, data):
+    """A plugin :class:`~recbole_fofa.trainer.base.Trainer` on ``data``'s config that evaluates
+    ``model`` with RecBole's evaluation (metrics, topk, collector), as a training's own trainer
+    does; it never trains. The plain plugin trainer is used, not ForwardOFATrainer, whose
+    constructor would set the model's stage and freeze or unfreeze its backbone."""
+    from recbole_fofa.trainer.base import Trainer
+
+    return Trainer(data.config, model)
+
+
+def recbole_evaluate(trainer, data) -> Dict[str, float]:
+    """RecBole's result dict (floats) of ``trainer``'s model as it is now on ``data``."""
+    result = trainer.evaluate(data, load_best_model=False, show_progress=False)
+    return {key: float(value) for key, value in result.items()}

@@ -7,14 +7,24 @@ entropy of the structure distribution and the most common structure's share. The
 are measured for settings that may change how varied the structures are: the evaluation
 ``keep_threshold`` (post hoc, on the same model) and stage-2 keys (stage 2 retrained from the same
 supernet, one training per value).
+
+Which users get more blocks: :func:`user_behaviour` gives each test user's kept blocks, history
+length, recent-item popularity and NDCG@10; :func:`behaviour_by_blocks` groups them by the number
+of kept blocks and :func:`block_correlations` gives Spearman correlations with the block count.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Dict, List
 
 import numpy as np
+import torch
+from recbole.data.dataloader import AbstractDataLoader
+from recbole.data.dataset import Dataset
+from recbole.data.interaction import Interaction
+from scipy import stats
 
 from recbole_fofa import experiment, plots
 from recbole_fofa.analysis import AnalysisResult
@@ -23,6 +33,7 @@ from recbole_fofa.analysis._common import (
     bits,
     check_values,
     error_bars,
+    eval_cases,
     fmt,
     mean_std,
     progress_bar,
@@ -34,8 +45,10 @@ from recbole_fofa.analysis._common import (
     structure_stats,
     user_structures,
 )
+from recbole_fofa.model.layers import last_k
 
-__all__ = ["run_blocks", "DEFAULT_VARIATIONS", "STAGE2_KEYS", "DOMINANT_SHARE"]
+__all__ = ["run_blocks", "user_behaviour", "behaviour_by_blocks", "block_correlations",
+           "DEFAULT_VARIATIONS", "STAGE2_KEYS", "DOMINANT_SHARE", "BEHAVIOUR_KEYS"]
 
 NAME = "blocks"
 #: a structure covering at least this share of users is reported as dominant
@@ -46,6 +59,9 @@ DEFAULT_VARIATIONS = {"sparsity_weight": [0.5], "tau_end": [0.5], "rt_len": [3]}
 #: keys a variation may change: they act in stage 2 only, so the supernet is shared (the
 #: threshold is swept post hoc instead)
 STAGE2_KEYS = tuple(sorted(experiment.STAGE2_KEYS - {"keep_threshold", "epochs"}))
+#: what :func:`user_behaviour` measures per user besides the block count, in table order
+BEHAVIOUR_KEYS = ("history", "popularity", "ndcg@10")
+TOPK = 10
 
 
 def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fofa-output",
@@ -60,7 +76,11 @@ def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fof
 
     Writes ``<output_dir>/blocks.png`` ((a) keep frequency per block, (b) users by number of kept
     blocks, (c) top-structure share and entropy per setting), ``blocks.md`` and ``blocks.csv``
-    (one row per setting); returns the :class:`AnalysisResult`.
+    (one row per setting). For the trained setting, the test users grouped by number of kept
+    blocks (:func:`behaviour_by_blocks`: share, history, popularity, NDCG@10) and the Spearman
+    correlations (:func:`block_correlations`) are further tables (``result.tables['users']``,
+    ``['correlation']``) in ``blocks.md``, ``blocks_users.csv`` and ``blocks_correlation.csv``.
+    Returns the :class:`AnalysisResult`.
     """
     thresholds = check_values("thresholds", thresholds, key="keep_threshold")
     variations = _check_variations(DEFAULT_VARIATIONS if variations is None else variations)
@@ -77,6 +97,7 @@ def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fof
     settings += [(f"{key}={value}", "stage 2 retrained") for key, values in variations.items()
                  for value in values]
     measured: Dict[str, List[dict]] = {label: [] for label, _ in settings}
+    behaviours: List[Dict[str, np.ndarray]] = []  # per seed, the trained setting's test users
     trainings = len(seeds) * (1 + sum(len(v) for v in variations.values()))
     with progress_bar(trainings, "block selection", progress) as bar:
         for seed in seeds:
@@ -90,6 +111,7 @@ def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fof
                     measured[f"keep_threshold={threshold:g}"].append(_measure(trained))
             finally:
                 model.keep_threshold = trained_threshold
+            behaviours.append(user_behaviour(model, trained.test_data, trained.train_data))
             for key, values in variations.items():
                 for value in values:
                     variant = experiment.train(
@@ -107,13 +129,24 @@ def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fof
     columns += [f"keep_b{b + 1}" for b in range(n_blocks)]
     columns += [f"users_{k}_blocks" for k in range(1, n_blocks + 1)]
     base = next(row for row in rows if row["kind"] == "trained")
+    by_blocks, correlations = _behaviour_tables(behaviours)
+    findings = _findings(base, rows, n_blocks) + _behaviour_findings(by_blocks, correlations)
     result = AnalysisResult(
-        NAME, rows, columns, _findings(base, rows, n_blocks),
+        NAME, rows, columns, findings,
         settings={"dataset": dataset, "model": MODEL, "seeds": seeds, "n_blocks": n_blocks,
                   "trained keep_threshold": trained_threshold, "thresholds": thresholds,
                   "variations": variations, "split": "test",
                   "statistics": "per seed, then mean (std) over seeds; top_structure is the most "
-                  "common structure over all seeds' users (bit l = block l kept)"},
+                  "common structure over all seeds' users (bit l = block l kept)",
+                  "users by kept blocks": f"the {base['setting']} model's test users; popularity "
+                  "= mean train-split count of the last rt_len items; NDCG@10 per user, "
+                  "full-sort as RecBole's"},
+        tables={"users": (f"Test users by number of kept blocks ({base['setting']}; mean over "
+                          "the seeds where the count occurs, share averaged over all seeds)",
+                          by_blocks, ["blocks", "seeds", "share", "users", *BEHAVIOUR_KEYS]),
+                "correlation": ("Spearman correlation with the number of kept blocks (mean over "
+                                "the seeds where it is defined)", correlations,
+                                ["with", "spearman", "spearman_std", "seeds_defined"])},
     )
     base_seeds = measured[base["setting"]]
     keep_std = (np.std([s["keep_frequency"] for s in base_seeds], axis=0, ddof=1)
@@ -162,6 +195,46 @@ def _row(label, kind, per_seed, n_blocks):
     for k in range(1, n_blocks + 1):
         row[f"users_{k}_blocks"] = float(by_blocks[k])
     return row
+
+
+def _behaviour_tables(behaviours):
+    """Rows by kept-block count and Spearman rows, each averaged over the seeds' behaviours."""
+    per_seed = [{row["blocks"]: row for row in behaviour_by_blocks(b)} for b in behaviours]
+    by_blocks = []
+    for count in sorted(set().union(*per_seed)):
+        present = [rows[count] for rows in per_seed if count in rows]
+        row = {"blocks": count, "seeds": len(present),
+               "share": float(np.mean([rows[count]["share"] if count in rows else 0.0
+                                       for rows in per_seed])),
+               "users": float(np.mean([r["users"] for r in present]))}
+        for key in BEHAVIOUR_KEYS:
+            row[key] = float(np.mean([r[key] for r in present]))
+        by_blocks.append(row)
+    rhos = [block_correlations(b) for b in behaviours]
+    correlations = []
+    for key in BEHAVIOUR_KEYS:
+        defined = [r[key] for r in rhos if not np.isnan(r[key])]
+        mean, std = mean_std(defined) if defined else (float("nan"), float("nan"))
+        correlations.append({"with": key, "spearman": mean, "spearman_std": std,
+                             "seeds_defined": len(defined)})
+    return by_blocks, correlations
+
+
+def _behaviour_findings(by_blocks, correlations):
+    groups = "; ".join(
+        f"{row['blocks']} blocks: {row['share']:.0%} of users, history {row['history']:.1f}, "
+        f"popularity {row['popularity']:.1f}, NDCG@10 {fmt(row['ndcg@10'])}" for row in by_blocks)
+    findings = [f"Test users by number of kept blocks: {groups}."]
+    defined = [row for row in correlations if row["seeds_defined"]]
+    if not defined:
+        findings.append("Spearman correlations with the number of kept blocks are undefined (NaN): "
+                        "every test user keeps the same number of blocks, so the controller's "
+                        "choice does not depend on history, popularity or quality.")
+    else:
+        findings.append("Spearman correlation of the number of kept blocks with " + ", ".join(
+            f"{row['with']}: {fmt(row['spearman'], 3)}" for row in correlations)
+            + " (NaN where every user keeps the same number of blocks).")
+    return findings
 
 
 def _short(label):
@@ -247,3 +320,123 @@ def _findings(base, rows, n_blocks):
         best = max(rows, key=lambda row: row["ndcg@10"])
         findings.append(f"Best test NDCG@10 among the settings: {_describe(best)}.")
     return findings
+
+
+# ----------------------------------------------------------------------------- users by blocks
+def user_behaviour(model, data, dataset) -> Dict[str, np.ndarray]:
+    """Per evaluated case of ``data`` (the order of :func:`user_structures`), numpy arrays:
+
+    * ``masks`` bool [users, blocks] and ``blocks`` (kept blocks) under ``model.eval_structure``;
+    * ``history``: ``item_seq_len``, the history the model reads (capped at
+      ``MAX_ITEM_LIST_LENGTH``);
+    * ``popularity``: the mean training count of the last ``model.rt_len`` items of the sequence
+      (the items the structure controller reads). An item's count is its number of rows in the
+      train split ``dataset`` (a RecBole Dataset or the train dataloader): the targets of the
+      training cases, which is what the model trains on and what RecBole's ``Pop`` counts (each
+      user's first interaction is never a target, so it is not counted);
+    * ``ndcg@10``: 1 / log2(rank + 1) of the target in RecBole's full-sort top 10 (0 outside it),
+      from ``model.full_sort_predict`` on the same batches: the padding item is excluded and, as
+      RecBole does for sequential models (``history_index`` is None), items the user saw before are
+      not; so on a full-sort loader the mean equals RecBole's NDCG@10 on ``data`` (up to
+      ``metric_decimal_place`` rounding). On a negative-sampling loader it is still full-sort.
+    """
+    counts = _train_item_counts(dataset, model.n_items).to(model.device)
+    if getattr(model, "active_config", None) is not None:
+        raise ValueError("user_behaviour(): the model is inside active_subnet(); per-user "
+                         "structures need the controller: leave the active_subnet block first")
+    discount = 1.0 / torch.log2(torch.arange(2, TOPK + 2, dtype=torch.float64))
+    columns = {"masks": [], "history": [], "popularity": [], "ndcg@10": []}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for seq, length, target in eval_cases(model, data):
+                seq, length = seq.to(model.device), length.to(model.device)
+                _, mask, _ = model.eval_structure(seq, length)
+                recent, recent_len = last_k(seq, length, model.rt_len)
+                recent_counts = counts[recent] * (recent > 0)
+                popularity = torch.where(recent_len > 0,
+                                         recent_counts.sum(1) / recent_len.clamp(min=1),
+                                         float("nan"))
+                scores = model.full_sort_predict(
+                    Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: length}))
+                scores = scores.view(seq.size(0), -1)
+                scores[:, 0] = -np.inf  # the padding item, as RecBole's full-sort evaluation
+                top = torch.topk(scores, TOPK, dim=-1).indices.cpu()
+                hits = (top == target.view(-1, 1)).to(torch.float64)
+                columns["masks"].append(mask.cpu())
+                columns["history"].append(length.cpu())
+                columns["popularity"].append(popularity.cpu())
+                columns["ndcg@10"].append(hits @ discount)
+    finally:
+        model.train(was_training)
+    if not columns["masks"]:
+        raise ValueError("the evaluation split has no users: nothing to analyse")
+    out = {key: torch.cat(values).numpy() for key, values in columns.items()}
+    out["masks"] = out["masks"].astype(bool)
+    out["blocks"] = out["masks"].sum(axis=1)
+    out["history"] = out["history"].astype(np.int64)
+    out["popularity"] = out["popularity"].astype(np.float64)
+    return out
+
+
+def _train_item_counts(dataset, n_items) -> torch.Tensor:
+    """Rows per item id of the train split (float [n_items]); ValueError naming `dataset`."""
+    if isinstance(dataset, AbstractDataLoader):
+        dataset = dataset._dataset
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"dataset={type(dataset).__name__}: expected the train split, a RecBole "
+                         "Dataset or the train dataloader (e.g. Trained.train_data)")
+    items = dataset.inter_feat[dataset.iid_field]
+    if items.numel() and int(items.max()) >= n_items:
+        raise ValueError(f"dataset: item id {int(items.max())} is beyond the model's {n_items} "
+                         "items; pass the train split of the data the model was trained on")
+    return torch.bincount(items, minlength=n_items).to(torch.float64)
+
+
+def _check_behaviour(behaviour):
+    missing = [key for key in ("blocks", *BEHAVIOUR_KEYS) if key not in behaviour]
+    if missing:
+        raise ValueError(f"behaviour lacks {missing}: pass the dict user_behaviour() returns")
+    blocks = np.asarray(behaviour["blocks"])
+    if blocks.ndim != 1 or blocks.size == 0:
+        raise ValueError(f"behaviour['blocks'] has shape {blocks.shape}: expected one count per "
+                         "user, at least one user")
+    for key in BEHAVIOUR_KEYS:
+        if np.shape(behaviour[key]) != blocks.shape:
+            raise ValueError(f"behaviour[{key!r}] has shape {np.shape(behaviour[key])}, "
+                             f"behaviour['blocks'] {blocks.shape}: one value per user")
+    return blocks
+
+
+def behaviour_by_blocks(behaviour) -> List[dict]:
+    """One row per number of kept blocks that occurs (ascending): ``blocks``, ``users``,
+    ``share`` of users, and the mean ``history``, ``popularity`` and ``ndcg@10`` of its users."""
+    blocks = _check_behaviour(behaviour)
+    rows = []
+    for count in np.unique(blocks):
+        users = blocks == count
+        row = {"blocks": int(count), "users": int(users.sum()), "share": float(users.mean())}
+        for key in BEHAVIOUR_KEYS:
+            row[key] = float(np.mean(np.asarray(behaviour[key], dtype=np.float64)[users]))
+        rows.append(row)
+    return rows
+
+
+def block_correlations(behaviour) -> Dict[str, float]:
+    """Spearman rank correlation of the kept-block count with each of :data:`BEHAVIOUR_KEYS`
+    (``{key: rho}``). NaN where it is undefined: when every user keeps the same number of blocks
+    (or the other quantity is constant), a rank correlation has no meaning."""
+    blocks = _check_behaviour(behaviour).astype(np.float64)
+    out = {}
+    for key in BEHAVIOUR_KEYS:
+        values = np.asarray(behaviour[key], dtype=np.float64)
+        finite = np.isfinite(values)
+        x, y = blocks[finite], values[finite]
+        if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+            out[key] = float("nan")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            out[key] = float(stats.spearmanr(x, y).statistic)
+    return out
