@@ -52,7 +52,7 @@ def epoch_seconds(name, config_files, config_dict, stage=None, full_only=False, 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     if stage is not None and stage != model.stage:
         trainer._enter_stage(stage)
-    if getattr(model, "stage", None) == "supernet":  # epoch 0 inside supernet_full_epochs, or after them
+    if getattr(model, "stage", None) == "supernet":  # epoch 0: in supernet_full_epochs or not
         model.supernet_full_epochs = 1 if full_only else 0
     batches = FirstBatches(train, steps)
     model.train()
