@@ -6,7 +6,8 @@ Usage: python benchmarks/real_savings.py [--checkpoint FILE] [--structures 00011
 Builds ForwardOFA and SASRec with ``n_layers = n_blocks`` (SASRec-6 by default) at the sizes of
 ``--config_files`` (properties/main.yaml) on RecBole's bundled ml-100k, and times full-sort
 evaluation of the test split (RecBole's ``trainer.evaluate``, median of ``--repeats`` after one
-warm-up), for ForwardOFA with each ``eval_grouping`` and for SASRec. Trains nothing: with
+warm-up; the models take turns within each repeat), for ForwardOFA with each ``eval_grouping``
+and for SASRec. Trains nothing: with
 ``--checkpoint`` (a ForwardOFA checkpoint; its model keys are used) the trained controller picks
 each user's blocks, otherwise an untrained model in the adapt stage runs with its controller's
 decision replaced by ``--structures`` in ``--shares`` (the controller and the mapper still run).
@@ -128,14 +129,37 @@ def checkpoint_keys(path):
     return {k: saved[k] for k in keys if k in saved}, checkpoint
 
 
-def time_model(label, path, model, trainer, test, repeats):
-    batches = [batch[0] for batch in test]
-    result = trainer.evaluate(test, load_best_model=False)  # warm-up; its MACs metric
-    users = sum(len(b) for b in batches)
-    eval_s = median_seconds(lambda: trainer.evaluate(test, load_best_model=False), repeats)
-    model_s = median_seconds(model_only(model, batches), repeats)
-    return {"model": label, "path": path, "users": users, "eval s": eval_s, "model s": model_s,
-            "MACs/user": float(result["macs"]), "blocks/user": float(result["blocks"])}
+def time_models(entries, repeats):
+    """Rows of timings for ``entries`` (label, path, model, trainer, test, eval_grouping or None).
+
+    The entries take turns within each repeat (one evaluation and one model pass each), so a slow
+    spell of the machine hits all of them rather than one; each time is a median over repeats.
+    """
+    timed = []
+    for label, path, model, trainer, test, grouping in entries:
+        _use(model, grouping)
+        result = trainer.evaluate(test, load_best_model=False)  # warm-up; its MACs metric
+        batches = [batch[0] for batch in test]
+        timed.append({"model": label, "path": path, "users": sum(len(b) for b in batches),
+                      "MACs/user": float(result["macs"]),
+                      "blocks/user": float(result["blocks"]), "_eval": [], "_model": []})
+        timed[-1]["_run"] = model_only(model, batches)
+    for _ in range(repeats):
+        for row, (_, _, model, trainer, test, grouping) in zip(timed, entries):
+            _use(model, grouping)
+            row["_eval"].append(median_seconds(
+                lambda t=trainer, d=test: t.evaluate(d, load_best_model=False), 1))
+            row["_model"].append(median_seconds(row["_run"], 1))
+    for row in timed:
+        row["eval s"] = statistics.median(row.pop("_eval"))
+        row["model s"] = statistics.median(row.pop("_model"))
+        row.pop("_run")
+    return timed
+
+
+def _use(model, grouping):
+    if grouping is not None:
+        model.eval_grouping = grouping
 
 
 def breakdown(model, batch, repeats):
@@ -222,18 +246,17 @@ def main():
             shares = args.shares or (DEFAULT_SHARES if structures == DEFAULT_STRUCTURES else "")
             masks, shares = parse_structures(structures, shares, fofa.n_blocks)
             force_structures(fofa, masks, shares)
-        rows = []
-        for grouping in EVAL_GROUPINGS:
-            fofa.eval_grouping = grouping
-            rows.append(time_model("ForwardOFA", grouping, fofa, trainer, test, args.repeats))
-        parts = breakdown(fofa, next(iter(test))[0], args.repeats) if args.breakdown else None
         sasrec_dict = {key: config[key] for key in SHARED_KEYS}
         sasrec_dict.update(n_layers=fofa.n_blocks, state="ERROR",
                            hidden_dropout_prob=config["hidden_dropout_prob"],
                            attn_dropout_prob=config["attn_dropout_prob"])
         _, sasrec, sasrec_trainer, sasrec_test = build("SASRec", config_files, sasrec_dict)
-        base = time_model(f"SASRec-{fofa.n_blocks}", "-", sasrec, sasrec_trainer, sasrec_test,
-                          args.repeats)
+        entries = [("ForwardOFA", grouping, fofa, trainer, test, grouping)
+                   for grouping in EVAL_GROUPINGS]
+        entries.append((f"SASRec-{fofa.n_blocks}", "-", sasrec, sasrec_trainer, sasrec_test,
+                        None))
+        *rows, base = time_models(entries, args.repeats)
+        parts = breakdown(fofa, next(iter(test))[0], args.repeats) if args.breakdown else None
 
     for row in rows + [base]:
         row["time ratio"] = row["eval s"] / base["eval s"]
