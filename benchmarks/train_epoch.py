@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from recbole_fofa.cli import config_flags
 from recbole_fofa.quick_start import prepare, quiet_console
 from recbole_fofa.table import format_table
 from recbole_fofa.utils import get_trainer
@@ -70,17 +71,15 @@ def main():
                         help="training batches per timed epoch (default: all)")
     parser.add_argument("--style", default="text", choices=["text", "markdown"])
     args, extra = parser.parse_known_args()
-    overrides = {}
-    for flag in extra:
-        key, sep, value = flag.lstrip("-").partition("=")
-        if not flag.startswith("--") or not sep:
-            parser.error(f"unrecognised argument {flag!r}: use --key=value")
-        overrides[key] = value
+    try:
+        overrides = config_flags(extra)  # read as run_recbole_fofa reads --key=value flags
+    except ValueError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.argv = sys.argv[:1]  # RecBole's Config parses sys.argv itself
     files = [args.config_files]
-    base = {"state": "ERROR", "show_progress": False, "saved": False, **_typed(overrides)}
+    base = {"state": "ERROR", "show_progress": False, "saved": False, **overrides}
     with quiet_console():
         _, probe, _ = prepare("ForwardOFA", "ml-100k", config_file_list=files, config_dict=base)
         depth = probe.n_blocks
@@ -102,13 +101,6 @@ def main():
           f"{torch.get_num_threads()})")
     print(format_table(rows, ["run", "steps", "epoch s", f"x SASRec-{depth}"],
                        style=args.style))
-
-
-def _typed(overrides):
-    """``--key=value`` strings as YAML values (numbers, bools, lists), as RecBole reads flags."""
-    import yaml
-
-    return {key: yaml.safe_load(value) for key, value in overrides.items()}
 
 
 if __name__ == "__main__":
