@@ -100,7 +100,8 @@ def epoch_table(args, dataset, config_files, settings):
     base = seconds
     if args.device == "gpu":
         seconds, device, threads = distributed.spawn(
-            time_epoch, 1, (dataset, config_files, settings, args.repeats), backend="nccl")
+            time_epoch, 1, (dataset, config_files, settings, args.repeats), backend="nccl",
+            gpu_id="0")
         rows.append(["1 NCCL DDP process", device, threads, f"{seconds:.2f}",
                      f"{base / seconds:.2f}"])
     else:

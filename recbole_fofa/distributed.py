@@ -188,6 +188,27 @@ def init_process_group(backend, rank, world_size, ip, port, timeout=DEFAULT_TIME
         raise
 
 
+def rank_gpu(local_rank, nproc, backend, gpu_id=None):
+    """Index (among the visible GPUs) of the GPU that process ``local_rank`` of the ``nproc`` on
+    this machine uses: its own with NCCL, which refuses two ranks on one GPU; round robin with
+    gloo, so that processes may share GPUs. Too few GPUs for NCCL is a ValueError saying how to
+    fix it."""
+    visible = torch.cuda.device_count()
+    if gpu_id:
+        visible = min(visible, len(gpu_id.split(",")))
+    if visible < 1:
+        raise ValueError(f"no CUDA device is visible to this process (`gpu_id` = {gpu_id!r}, "
+                         f"CUDA_VISIBLE_DEVICES = {os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    if backend == "nccl" and visible < nproc:
+        raise ValueError(
+            f"--nproc={nproc} NCCL processes on this machine need {nproc} GPUs (NCCL refuses "
+            f"two processes on one GPU), but `gpu_id` = {gpu_id!r} and {visible} are visible: "
+            f"set --gpu_id to {nproc} GPU ids (e.g. '{','.join(map(str, range(nproc)))}'), start "
+            "fewer processes, set `dist_backend: gloo` to share the GPUs, or set `gpu_id: ''` "
+            "to train on the CPU with gloo")
+    return local_rank % visible
+
+
 def init_device(values):
     """The distributed branch of ``Config._init_device`` for ``values`` (the final config dict):
     joins the process group (``dist_backend``) and sets ``device``, ``single_spec`` and, on
@@ -198,15 +219,9 @@ def init_device(values):
     device_type, backend = choose_backend(values)
     local_rank, nproc = int(values["local_rank"]), int(values.get("nproc") or 1)
     if device_type == "cuda":
-        listed = len(gpu_id.split(","))
-        if listed < nproc or torch.cuda.device_count() < nproc:
-            raise ValueError(
-                f"--nproc={nproc} GPU processes on this machine need {nproc} GPUs, but `gpu_id` "
-                f"= {gpu_id!r} lists {listed} and {torch.cuda.device_count()} are visible: set "
-                f"--gpu_id to {nproc} GPU ids (e.g. '{','.join(map(str, range(nproc)))}'), "
-                "start fewer processes, or set `gpu_id: ''` to train on the CPU with gloo")
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = rank_gpu(local_rank, nproc, backend, gpu_id)
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     world_size = int(values.get("world_size") or nproc)
@@ -250,10 +265,12 @@ def free_port(ip="localhost"):
         return sock.getsockname()[1]
 
 
-def _spawned(rank, nproc, ip, port, backend, timeout, fn, args, queue):
+def _spawned(rank, nproc, ip, port, backend, timeout, fn, args, queue, gpu_id=None):
     worker_threads(nproc)
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if gpu_id is not None:  # before anything touches CUDA, as RecBole's device set-up
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    if torch.cuda.is_available():  # NCCL's collectives use the current device: the rank's own
+        torch.cuda.set_device(rank_gpu(rank, nproc, backend, gpu_id))
     init_process_group(backend, rank, nproc, ip, port, timeout)
     try:
         result = fn(*args)
@@ -264,10 +281,12 @@ def _spawned(rank, nproc, ip, port, backend, timeout, fn, args, queue):
 
 
 def spawn(fn, nproc, args=(), ip="localhost", port=None, backend=None,
-          timeout=DEFAULT_TIMEOUT, deadline=None):
+          timeout=DEFAULT_TIMEOUT, deadline=None, gpu_id=None):
     """Run ``fn(*args)`` in ``nproc`` new processes on this machine that form one process group
     (``backend``: default nccl with CUDA, else gloo; ``port``: default a free one) and return
-    rank 0's return value. ``fn`` must be importable (a module-level function).
+    rank 0's return value. ``fn`` must be importable (a module-level function). With CUDA each
+    rank uses the GPU :func:`rank_gpu` gives it among ``gpu_id`` (as the config key: the GPUs
+    the processes see; default all visible ones).
 
     A failing rank raises here with its traceback (the others are stopped); with ``deadline``
     (seconds) a run that has not finished by then is stopped and a TimeoutError raised.
@@ -276,6 +295,13 @@ def spawn(fn, nproc, args=(), ip="localhost", port=None, backend=None,
 
     import torch.multiprocessing as mp
 
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":  # no or too few GPUs: the error before any spawn
+        if not torch.cuda.is_available():
+            raise ValueError("backend 'nccl' needs CUDA GPUs and this machine has none: use "
+                             "'gloo'")
+        rank_gpu(nproc - 1, nproc, backend, gpu_id)
     if port is None:
         port = free_port(ip)
     else:
@@ -283,7 +309,7 @@ def spawn(fn, nproc, args=(), ip="localhost", port=None, backend=None,
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     processes = mp.start_processes(
-        _spawned, args=(nproc, ip, port, backend, timeout, fn, tuple(args), queue),
+        _spawned, args=(nproc, ip, port, backend, timeout, fn, tuple(args), queue, gpu_id),
         nprocs=nproc, join=False, start_method="spawn")
     end = None if deadline is None else time.monotonic() + deadline
     while not processes.join(timeout=1):
@@ -318,7 +344,8 @@ def wrap_model(model, config):
 def portable_config(config):
     """A copy of ``config`` for a checkpoint of a distributed run: one process (``single_spec``
     True, ``local_rank`` 0, the device type without a rank's index) and no process-group keys,
-    so that the checkpoint reloads anywhere (RecBole issue #2063)."""
+    so that the checkpoint reloads in one process (RecBole issue #2063; on a machine without CUDA
+    see :func:`recbole_fofa.quick_start.load_data_and_model`)."""
     clone = copy.copy(config)
     values = dict(config.final_config_dict)
     for key in DISTRIBUTED_KEYS:
@@ -404,6 +431,6 @@ __all__ = [
     "broadcast_object", "check_port_free", "checksum", "choose_backend", "destroy",
     "drop_log_files", "free_port", "get_rank", "get_world_size", "init_device",
     "init_process_group", "is_distributed", "is_main_process", "load_checkpoint",
-    "no_tensorboard", "portable_config", "spawn", "unsharded", "unsharded_config",
+    "no_tensorboard", "portable_config", "rank_gpu", "spawn", "unsharded", "unsharded_config",
     "worker_threads", "wrap_model",
 ]

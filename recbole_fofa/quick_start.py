@@ -12,6 +12,7 @@ import sys
 from collections.abc import MutableMapping
 from logging import getLogger
 
+import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
@@ -81,11 +82,16 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None):
     logger = _fresh_logger(config)
     logger.info(sys.argv)
     logger.info(config)
+    if config["single_spec"] is not False and config["dist_backend"] is not None:
+        logger.warning(f"`dist_backend` = {config['dist_backend']!r} is not used: this is one "
+                       "process without a process group (--nproc=1 without --world_size); add "
+                       "--world_size=1 for one DDP process")
     data = create_dataset(config)
     logger.info(data)
     check_split(config, data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # rank r draws from seed + r (global rank: machines do not repeat each other's draws)
+    init_seed(config["seed"] + distributed.get_rank(), config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(net)
     return config, net, (train_data, valid_data, test_data)
@@ -208,12 +214,13 @@ def load_data_and_model(model_file, config_dict=None):
     split (:data:`RELOAD_OVERRIDABLE`: the search keys, evaluation batch size, metrics, ...); it is
     checked like any config before the dataset loads.
     """
-    checkpoint = compat.torch_load_trusted(model_file)
+    checkpoint = compat.torch_load_trusted(model_file, "cpu")  # moved to the device below
     config = checkpoint["config"]
     config.compatibility_settings()  # an unpickled Config skipped the numpy aliases of __init__
     apply_overrides(config, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     _fresh_logger(config)
+    _reload_device(config, model_file)
     data = create_dataset(config)
     check_split(config, data)
     train_data, valid_data, test_data = data_preparation(config, data)
@@ -222,6 +229,16 @@ def load_data_and_model(model_file, config_dict=None):
     net.load_state_dict(checkpoint["state_dict"])
     net.load_other_parameter(checkpoint.get("other_parameter"))
     return config, net, data, train_data, valid_data, test_data
+
+
+def _reload_device(config, model_file):
+    """Keep the checkpoint's device where this machine has it; a model trained on a GPU reloads
+    on the CPU of a machine without CUDA, with a warning (RecBole's reload would fail)."""
+    if torch.device(config["device"]).type == "cuda" and not torch.cuda.is_available():
+        getLogger().warning(f"{model_file} was trained on {config['device']}; this machine has "
+                            "no CUDA device, so it is reloaded on the CPU")
+        config["device"] = torch.device("cpu")
+        config["gpu_id"] = ""
 
 
 #: Keys a reloaded checkpoint's config may change: none of them alters the model's weights or
@@ -259,11 +276,11 @@ def search_checkpoint(model_file, budgets=None, config_dict=None, show_progress=
 
     ``budgets`` defaults to the config's ``search_budgets``; ``config_dict`` overrides search
     keys (see :func:`load_data_and_model`). ``nproc`` > 1 spreads each generation's candidates
-    over that many processes on this machine (gloo on CPUs, NCCL with CUDA; ``port``: the
+    over that many processes on this machine (gloo, also with CUDA: the ranks exchange scores,
+    and share the visible GPUs round robin; ``port``: the
     process group's, default a free one): the same result as one process, sooner.
     """
     if nproc > 1:
-        # gloo also on GPUs: the ranks exchange scores (Python objects), not tensors
         result, _ = distributed.spawn(search_worker, nproc, (model_file, budgets, config_dict,
                                                              show_progress), port=port,
                                       backend="gloo")

@@ -1,11 +1,14 @@
-"""Distributed runs on the CPU: two gloo processes on the tiny planted data (docs/distributed.md).
+"""Distributed runs: two gloo processes on the CPU with the tiny planted data
+(docs/distributed.md); on a machine with CUDA also one NCCL process on a GPU, two gloo processes
+sharing it and, with two GPUs, two NCCL processes.
 
 Each spawned run has a deadline and a process-group timeout, so nothing here can hang. The
-two-process runs use deterministic settings (no shuffling, no dropout): one and two processes
-then take the same optimizer steps up to floating-point summation order, and
-:data:`METRIC_TOLERANCE` is the documented agreement of their metrics.
+runs use deterministic settings (no shuffling, no dropout): one and two processes then take the
+same optimizer steps up to floating-point summation order, and :data:`METRIC_TOLERANCE` is the
+documented agreement of their metrics.
 """
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -35,6 +38,8 @@ STEP_RTOL = 1e-5
 
 DETERMINISTIC = {"shuffle": False, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0,
                  "dist_timeout": 60}
+#: Skips the GPU runs on machines without CUDA (this project's CI): a GPU session runs them.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def planted_config(root, **overrides):
@@ -47,17 +52,18 @@ def planted_config(root, **overrides):
         "n_heads": 2, "epochs": 4, "train_batch_size": 64, "eval_batch_size": 256,
         "learning_rate": 0.01, "stopping_step": 20, "metrics": ["NDCG", "Hit"], "topk": [10],
         "valid_metric": "NDCG@10", "state": "ERROR", "show_progress": False,
-        "checkpoint_dir": str(root / "saved"), "seed": 2020, **DETERMINISTIC,
+        "checkpoint_dir": str(root / "saved"), "seed": 2020, "gpu_id": "", **DETERMINISTIC,
     }
     config.update(overrides)
     return config
 
 
-def forward_ofa_config(root):
-    """A small ForwardOFA: 3 blocks, 2 supernet + 2 controller/mapper epochs with the backbone
-    frozen in stage 2 (DDP must be rebuilt for the smaller trainable set), and a small evolution
-    over the elastic space for two budgets."""
-    config = planted_config(root, n_blocks=3, supernet_epochs=2, epochs=2, backbone_lr_scale=0.0,
+def forward_ofa_config(root, **overrides):
+    """A small ForwardOFA (on the CPU unless ``overrides`` set ``gpu_id``): 3 blocks, 2 supernet
+    + 2 controller/mapper epochs with the backbone frozen in stage 2 (DDP must be rebuilt for
+    the smaller trainable set), and a small evolution over the elastic space for two budgets."""
+    config = planted_config(root, **overrides, n_blocks=3, supernet_epochs=2, epochs=2,
+                            backbone_lr_scale=0.0,
                             metrics=["NDCG", "Hit", "MACs"], eval_batch_size=64,
                             search_space="elastic", search_strategy="independent",
                             search_budgets=[0.4, 0.7], search_population=6, search_parents=3,
@@ -69,7 +75,7 @@ def forward_ofa_config(root):
 def train_and_record(model, dataset, config_dict):
     """Train, test (reloading the best checkpoint) and, when configured, search; on every rank
     of a process group (or in one process). Returns every rank's record (rank order)."""
-    if distributed.is_distributed():
+    if torch.distributed.is_initialized():  # a process group, also one of a single rank
         world = distributed.get_world_size()
         config_dict = dict(config_dict, local_rank=distributed.get_rank(), nproc=world,
                            world_size=world, offset=0)
@@ -91,6 +97,7 @@ def train_and_record(model, dataset, config_dict):
     test_result = trainer.evaluate(test, load_best_model=True)
     record = {"rank": distributed.get_rank(), "first_step": first[0],
               "test": {k: float(v) for k, v in test_result.items()},
+              "device": str(next(net.parameters()).device),
               "final": distributed.checksum(net), "valid_scores": valid_scores,
               "checkpoint": trainer.saved_model_file,
               "train_rows": len(train.sampler) if train.sampler is not None else None}
@@ -123,31 +130,30 @@ def forward_ofa_runs(workdir):
     root = workdir / "ofa"
     config = forward_ofa_config(root)
     ddp = distributed.spawn(train_and_record, 2, ("ForwardOFA", "planted", config),
-                            deadline=DEADLINE, timeout=60)
+                            backend="gloo", deadline=DEADLINE, timeout=60)
     single_config = dict(config, checkpoint_dir=str(root / "single"))
     single = train_and_record("ForwardOFA", "planted", single_config)[0]
     return ddp, single, root
 
 
-def test_two_gloo_processes_train_forward_ofa_with_ranks_in_step(forward_ofa_runs):
-    ddp, single, _ = forward_ofa_runs
-    assert [r["rank"] for r in ddp] == [0, 1]
-    # each rank trains on half of every batch (RecBole's DistributedSampler)
-    assert ddp[0]["train_rows"] == ddp[1]["train_rows"] == -(-single["train_rows"] // 2)
-    # same parameters on both ranks after the first step and at the end
-    assert ddp[0]["first_step"] == pytest.approx(ddp[1]["first_step"], rel=1e-12)
-    assert ddp[0]["final"] == pytest.approx(ddp[1]["final"], rel=1e-12)
-    # ... and the same step one process takes on the whole batch (gradients averaged)
+def assert_ranks_in_step(ddp, single):
+    """Every rank holds the same parameters after the first step and at the end, and the first
+    step is the one ``single`` (one process) took on the whole batch: gradients averaged."""
+    for record in ddp[1:]:
+        assert record["first_step"] == pytest.approx(ddp[0]["first_step"], rel=1e-12)
+        assert record["final"] == pytest.approx(ddp[0]["final"], rel=1e-12)
     assert ddp[0]["first_step"] == pytest.approx(single["first_step"], rel=STEP_RTOL)
 
 
-def test_two_process_metrics_match_one_process(forward_ofa_runs):
-    ddp, single, _ = forward_ofa_runs
-    assert ddp[0]["test"] == ddp[1]["test"]  # gathered over both ranks' users
-    assert ddp[0]["valid_scores"] == ddp[1]["valid_scores"]
+def assert_metrics_match(ddp, single):
+    """The ranks report the same (gathered) metrics, within the documented tolerances of one
+    process's: the supernet stage's valid scores and, after stage 2, the test metrics."""
+    for record in ddp[1:]:
+        assert record["test"] == ddp[0]["test"]  # gathered over every rank's users
+        assert record["valid_scores"] == ddp[0]["valid_scores"]
     # the supernet stage (2 epochs) is deterministic: the same valid scores as one process
-    for two, one in zip(ddp[0]["valid_scores"][:2], single["valid_scores"][:2]):
-        assert abs(two - one) <= METRIC_TOLERANCE
+    for many, one in zip(ddp[0]["valid_scores"][:2], single["valid_scores"][:2]):
+        assert abs(many - one) <= METRIC_TOLERANCE
     assert set(ddp[0]["test"]) == set(single["test"])
     for name, value in single["test"].items():
         if name == "macs":  # per-user structures: compared relatively
@@ -155,6 +161,20 @@ def test_two_process_metrics_match_one_process(forward_ofa_runs):
         else:
             assert abs(ddp[0]["test"][name] - value) <= STAGE2_TOLERANCE, name
     assert single["test"]["ndcg@10"] > 0.3  # it learned something: the comparison means a thing
+
+
+def test_two_gloo_processes_train_forward_ofa_with_ranks_in_step(forward_ofa_runs):
+    ddp, single, _ = forward_ofa_runs
+    assert [r["rank"] for r in ddp] == [0, 1]
+    assert [r["device"] for r in ddp] == ["cpu", "cpu"]
+    # each rank trains on half of every batch (RecBole's DistributedSampler)
+    assert ddp[0]["train_rows"] == ddp[1]["train_rows"] == -(-single["train_rows"] // 2)
+    assert_ranks_in_step(ddp, single)
+
+
+def test_two_process_metrics_match_one_process(forward_ofa_runs):
+    ddp, single, _ = forward_ofa_runs
+    assert_metrics_match(ddp, single)
 
 
 def test_only_rank_0_writes_and_the_checkpoint_reloads_in_one_process(forward_ofa_runs):
@@ -198,6 +218,57 @@ def test_search_of_a_checkpoint_spread_over_two_processes(forward_ofa_runs):
     assert [b.config for b in parallel.budgets] == [b.config for b in serial.budgets]
     assert [b.valid_score for b in parallel.budgets] == [b.valid_score for b in serial.budgets]
     assert parallel.archive == serial.archive
+
+
+# ----------------------------------------------------------------------------- GPUs
+
+
+@pytest.fixture(scope="module")
+def gpu_single(workdir):
+    """(record, config) of one plain process's ForwardOFA run on GPU 0: what the GPU process
+    groups are compared with."""
+    root = workdir / "gpu"
+    config = forward_ofa_config(root, gpu_id="0")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        record = train_and_record("ForwardOFA", "planted",
+                                  dict(config, checkpoint_dir=str(root / "single")))[0]
+    finally:  # RecBole's device set-up narrows it to gpu_id, which spawned processes inherit
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    return record, config
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend,nproc", [("nccl", 1), ("gloo", 2), ("nccl", 2)])
+def test_gpu_processes_train_like_one_gpu_process(workdir, gpu_single, backend, nproc):
+    """One NCCL process (DDP's NCCL all-reduces with one rank), two gloo processes sharing GPU
+    0 and, with two GPUs, two NCCL processes: ranks in step, metrics as one GPU process's, and
+    rank 0's checkpoint reloads in one process."""
+    gpus = min(nproc, torch.cuda.device_count()) if backend == "nccl" else 1
+    if gpus < nproc and backend == "nccl":
+        pytest.skip(f"{nproc} NCCL processes need {nproc} GPUs")
+    single, config = gpu_single
+    gpu_id = ",".join(str(index) for index in range(gpus))
+    root = workdir / f"gpu-{backend}-{nproc}"
+    config = dict(config, gpu_id=gpu_id, dist_backend=backend,
+                  checkpoint_dir=str(root / "saved"))
+    ddp = distributed.spawn(train_and_record, nproc, ("ForwardOFA", "planted", config),
+                            backend=backend, deadline=DEADLINE, timeout=60, gpu_id=gpu_id)
+    assert [r["rank"] for r in ddp] == list(range(nproc))
+    assert [r["device"] for r in ddp] == [
+        f"cuda:{distributed.rank_gpu(rank, nproc, backend, gpu_id)}" for rank in range(nproc)]
+    assert single["device"] == "cuda:0"
+    assert_ranks_in_step(ddp, single)
+    assert_metrics_match(ddp, single)
+    assert all(r["search"] == ddp[0]["search"] for r in ddp) and len(ddp[0]["search"]) == 2
+    config, net, _, _, _, test = load_data_and_model(ddp[0]["checkpoint"])
+    assert torch.device(config["device"]).type == "cuda" and config["single_spec"] is True
+    result = get_trainer(config["MODEL_TYPE"], config["model"])(config, net).evaluate(
+        test, load_best_model=False)
+    assert float(result["ndcg@10"]) == pytest.approx(ddp[0]["test"]["ndcg@10"], abs=1e-4)
 
 
 def test_a_recbole_baseline_through_run_with_two_processes(workdir):
@@ -248,6 +319,84 @@ def test_backend_choice_and_its_errors(planted):
         Config(model="SASRec", dataset=dataset, config_dict=dict(config, dist_timeout=0))
 
 
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Pretend this machine has CUDA with ``n`` GPUs (``fake_gpus(n)``); returns the list the
+    ``torch.cuda.set_device`` calls and process-group joins are recorded in, in order."""
+    calls = []
+
+    def install(n):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+        monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+        monkeypatch.setattr(distributed, "init_process_group",
+                            lambda backend, rank, *a: calls.append(("join", backend, rank)))
+        monkeypatch.setattr(distributed, "destroy", lambda: calls.append(("destroy",)))
+        monkeypatch.setattr(distributed, "worker_threads", lambda nproc: None)  # keep ours
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        return calls
+
+    return install
+
+
+def test_each_rank_gets_its_gpu_and_gloo_ranks_may_share_one(fake_gpus):
+    fake_gpus(2)
+    assert [distributed.rank_gpu(r, 2, "nccl", "0,1") for r in range(2)] == [0, 1]
+    # gloo lets processes share GPUs, round robin; NCCL refuses two ranks on one GPU
+    assert [distributed.rank_gpu(r, 3, "gloo", "0,1") for r in range(3)] == [0, 1, 0]
+    assert [distributed.rank_gpu(r, 2, "gloo", "0") for r in range(2)] == [0, 0]
+    with pytest.raises(ValueError, match=r"--nproc=2 NCCL processes on this machine need 2 GPUs"
+                       r".*`gpu_id` = '0' and 1 are visible.*`dist_backend: gloo`"):
+        distributed.rank_gpu(1, 2, "nccl", "0")
+    fake_gpus(0)
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        distributed.rank_gpu(0, 1, "gloo")
+
+
+def test_init_device_puts_ranks_on_their_gpus(fake_gpus):
+    calls = fake_gpus(1)
+    base = {"gpu_id": "0", "nproc": 2, "world_size": 2, "offset": 0, "ip": "localhost",
+            "port": 5678, "dist_timeout": 5}
+    values = dict(base, local_rank=1, dist_backend="gloo")  # two processes share GPU 0
+    distributed.init_device(values)
+    assert values["device"] == torch.device("cuda", 0) and values["dist_backend"] == "gloo"
+    assert values["single_spec"] is False and values["state"] == "error"  # rank 1 is quiet
+    assert calls == [("set_device", 0), ("join", "gloo", 1)]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    values = dict(base, local_rank=0, dist_backend=None)  # null picks NCCL on GPUs
+    with pytest.raises(ValueError, match="--nproc=2 NCCL processes"):
+        distributed.init_device(values)
+    calls.clear()
+    fake_gpus(2)
+    values = dict(base, gpu_id="0,1", local_rank=1, offset=2, world_size=4, dist_backend=None)
+    distributed.init_device(values)
+    assert values["device"] == torch.device("cuda", 1) and values["dist_backend"] == "nccl"
+    assert calls == [("set_device", 1), ("join", "nccl", 3)]  # global rank: offset + local
+
+
+def test_a_spawned_rank_sets_its_gpu_before_joining(fake_gpus):
+    calls = fake_gpus(2)
+
+    class Queue(list):
+        put = list.append
+
+    queue = Queue()
+    distributed._spawned(1, 2, "localhost", 5678, "nccl", 5, len, ("ab",), queue, "0,1")
+    assert calls == [("set_device", 1), ("join", "nccl", 1), ("destroy",)]
+    assert queue == []  # only rank 0 returns its result
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # gpu_id: the GPUs the ranks see
+    calls.clear()
+    distributed._spawned(0, 2, "localhost", 5678, "gloo", 5, len, ("ab",), queue)
+    assert calls == [("set_device", 0), ("join", "gloo", 0), ("destroy",)] and queue == [2]
+    # too few GPUs for NCCL, or none: an error before anything is spawned
+    with pytest.raises(ValueError, match="--nproc=3 NCCL processes"):
+        distributed.spawn(len, 3, ("ab",), backend="nccl")
+    fake_gpus(0)
+    with pytest.raises(ValueError, match="backend 'nccl' needs CUDA GPUs"):
+        distributed.spawn(len, 1, ("ab",), backend="nccl")
+
+
 def test_bad_process_counts_are_clear_errors(planted):
     dataset, config = planted
     with pytest.raises(ValueError, match="--nproc=0"):
@@ -270,3 +419,10 @@ def test_a_one_process_run_is_untouched(planted):
     assert values["single_spec"] is True and values["dist_backend"] is None
     assert values["dist_timeout"] == distributed.DEFAULT_TIMEOUT
     assert not torch.distributed.is_initialized()
+    # a backend asked for where there is no process group is named in a warning
+    values, *_ = prepare("SASRec", dataset, config_dict=dict(config, dist_backend="gloo",
+                                                              state="warning"))
+    assert values["single_spec"] is True and not torch.distributed.is_initialized()
+    log = max(Path("log").rglob("*.log"), key=lambda f: f.stat().st_mtime)
+    assert "`dist_backend` = 'gloo' is not used" in log.read_text()
+    assert "--world_size=1 for one DDP process" in log.read_text()

@@ -4,12 +4,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from recbole_fofa import get_trainer
-from recbole_fofa.quick_start import prepare
+from recbole_fofa.quick_start import load_data_and_model, prepare
 
 COST = ["NDCG", "Hit", "MACs", "Params", "Blocks"]
 
@@ -96,3 +97,23 @@ def test_serving_after_an_evaluation_accumulates_nothing(planted, metrics):
     with torch.no_grad():
         trainer.evaluate(test, load_best_model=False)  # and again after a second evaluation
     assert model._eval_masks is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_checkpoint_trained_on_a_gpu_reloads_on_the_cpu(planted):
+    dataset, config = planted
+    config.update(epochs=1, metrics=["NDCG", "Hit"])
+    trainer, _, _, expected = _train("SASRec", dataset, config)
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=False)
+    checkpoint["config"]["device"] = torch.device("cuda")  # as RecBole saves a GPU run's
+    checkpoint["config"]["gpu_id"] = "0"
+    path = trainer.saved_model_file.replace(".pth", "-gpu.pth")
+    torch.save(checkpoint, path)
+    config, model, *_, test = load_data_and_model(path, {"state": "warning"})
+    assert config["device"] == torch.device("cpu") and config["gpu_id"] == ""
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    log = max(Path("log").rglob("*.log"), key=lambda f: f.stat().st_mtime)  # RecBole's log file
+    assert "WARNING" in log.read_text() and "reloaded on the CPU" in log.read_text()
+    result = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model).evaluate(
+        test, load_best_model=False)
+    assert {k: float(v) for k, v in result.items()} == expected
