@@ -231,10 +231,12 @@ def init_device(values):
     if not dist.is_initialized():
         init_process_group(backend, rank, world_size, values.get("ip") or "localhost",
                            values.get("port") or 5678, timeout)
-    elif dist.get_rank() != rank or dist.get_world_size() != world_size:
+    elif (dist.get_rank(), dist.get_world_size(), dist.get_backend()) != (rank, world_size,
+                                                                            backend):
         raise RuntimeError(
             f"a process group is already initialised as rank {dist.get_rank()} of "
-            f"{dist.get_world_size()}, but this config asks for rank {rank} of {world_size}")
+            f"{dist.get_world_size()} with {dist.get_backend()}, but this config asks for rank "
+            f"{rank} of {world_size} with {backend} (`dist_backend`, `gpu_id`)")
     values["device"] = device
     values["dist_backend"] = backend
     values["single_spec"] = False

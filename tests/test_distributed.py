@@ -375,6 +375,22 @@ def test_init_device_puts_ranks_on_their_gpus(fake_gpus):
     assert calls == [("set_device", 1), ("join", "nccl", 3)]  # global rank: offset + local
 
 
+def test_a_config_that_does_not_fit_the_joined_group_is_an_error(monkeypatch):
+    # init_device narrows CUDA_VISIBLE_DEVICES to gpu_id: restored after the test
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    distributed.init_process_group("gloo", 0, 1, "localhost", distributed.free_port(), 10)
+    try:
+        values = {"gpu_id": "", "local_rank": 0, "nproc": 1, "world_size": 2, "offset": 0}
+        with pytest.raises(RuntimeError, match="already initialised as rank 0 of 1 with gloo, "
+                           "but this config asks for rank 0 of 2 with gloo"):
+            distributed.init_device(values)
+        values["world_size"] = 1  # the group's own shape: joined as it is
+        distributed.init_device(values)
+        assert values["device"] == torch.device("cpu") and values["single_spec"] is False
+    finally:
+        distributed.destroy()
+
+
 def test_a_spawned_rank_sets_its_gpu_before_joining(fake_gpus):
     calls = fake_gpus(2)
 
