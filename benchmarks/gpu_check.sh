@@ -9,7 +9,9 @@
 #   3. the CLI as a user runs it: ForwardOFA with properties/main.yaml in one NCCL process
 #      (--nproc=1 --world_size=1: with --nproc=1 alone there is no process group).
 # Packages the machine lacks (recbole and its pins) can come as wheels in .whl/: they are
-# installed into /tmp/site first. Env: PYTHON (default python3), OUTDIR (logs; default $OUT or
+# installed into /tmp/site first. On the lent GPU machines (Python 3.12) these were needed:
+# recbole==1.2.1, colorlog==4.7.2, texttable, pandas==2.3.3 with numpy, pytz and tzdata
+# (`pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl NAME==VERSION`). Env: PYTHON (default python3), OUTDIR (logs; default $OUT or
 # a temporary folder), T_TESTS, T_EPOCH, T_CLI (seconds).
 set -u
 ROOT=$PWD
