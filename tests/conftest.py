@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated working directory and a tiny dataset with a planted pattern."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,11 @@ def write_planted_dataset(root, name="planted", n_users=60, seq_len=14, seed=0):
             lines.append(f"u{user}\ti{item}\t{1000 * user + step}")
     (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def latest_log_text():
+    """Text of RecBole's newest log file under ./log (the tests run in a temporary cwd)."""
+    return max(Path("log").rglob("*.log"), key=lambda f: f.stat().st_mtime).read_text()
 
 
 def random_ndcg_at_10(n_items=N_ITEMS):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_planted_dataset
+from conftest import latest_log_text, write_planted_dataset
 
 from recbole_fofa import Config, distributed
 from recbole_fofa.distributed import PortInUseError
@@ -439,6 +439,6 @@ def test_a_one_process_run_is_untouched(planted):
     values, *_ = prepare("SASRec", dataset, config_dict=dict(config, dist_backend="gloo",
                                                               state="warning"))
     assert values["single_spec"] is True and not torch.distributed.is_initialized()
-    log = max(Path("log").rglob("*.log"), key=lambda f: f.stat().st_mtime)
-    assert "`dist_backend` = 'gloo' is not used" in log.read_text()
-    assert "--world_size=1 for one DDP process" in log.read_text()
+    log = latest_log_text()
+    assert "`dist_backend` = 'gloo' is not used" in log
+    assert "--world_size=1 for one DDP process" in log

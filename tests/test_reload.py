@@ -4,10 +4,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import latest_log_text
 
 from recbole_fofa import get_trainer
 from recbole_fofa.quick_start import load_data_and_model, prepare
@@ -112,8 +112,8 @@ def test_a_checkpoint_trained_on_a_gpu_reloads_on_the_cpu(planted):
     config, model, *_, test = load_data_and_model(path, {"state": "warning"})
     assert config["device"] == torch.device("cpu") and config["gpu_id"] == ""
     assert {p.device.type for p in model.parameters()} == {"cpu"}
-    log = max(Path("log").rglob("*.log"), key=lambda f: f.stat().st_mtime)  # RecBole's log file
-    assert "WARNING" in log.read_text() and "reloaded on the CPU" in log.read_text()
+    log = latest_log_text()
+    assert "WARNING" in log and "reloaded on the CPU" in log
     result = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model).evaluate(
         test, load_best_model=False)
     assert {k: float(v) for k, v in result.items()} == expected
