@@ -1,4 +1,4 @@
-"""Command line entry point; same flags as RecBole's run_recbole.py (see README)."""
+"""Command line entry point; same flags as RecBole's run_recbole.py (see docs/usage.md)."""
 
 import sys
 

@@ -79,17 +79,12 @@ def time_epoch(dataset, config_files, settings, repeats):
         world = torch.distributed.get_world_size()
         settings = dict(settings, local_rank=torch.distributed.get_rank(), nproc=world,
                         world_size=world, offset=0)
+    settings = dict(settings, supernet_epochs=repeats, epochs=0)
     config, model, (train, _, _) = prepare("ForwardOFA", dataset, config_files, settings)
     trainer = get_trainer(config["MODEL_TYPE"], "ForwardOFA")(config, model)
-    times = []
-    for epoch in range(repeats):
-        distributed.barrier()
-        start = time.perf_counter()
-        trainer._train_epoch(train, epoch)
-        if config["device"].type == "cuda":
-            torch.cuda.synchronize()
-        distributed.barrier()
-        times.append(max(distributed.all_gather_objects(time.perf_counter() - start)))
+    distributed.barrier()
+    trainer.fit(train, None, saved=False, show_progress=False)  # no validation: epochs only
+    times = [max(distributed.all_gather_objects(epoch.seconds)) for epoch in trainer.epoch_times]
     return statistics.median(times), str(config["device"]), torch.get_num_threads()
 
 

@@ -35,9 +35,11 @@ import torch
 
 from recbole_fofa import compat
 from recbole_fofa.checks import EVAL_GROUPINGS, MODEL_CHECKS
+from recbole_fofa.model import Stage
 from recbole_fofa.model.layers import group_by_structure
 from recbole_fofa.quick_start import prepare, quiet_console
 from recbole_fofa.table import format_table
+from recbole_fofa.trainer import load_checkpoint
 from recbole_fofa.utils import get_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +179,7 @@ def breakdown(model, batch, repeats):
         kept = mask.any(dim=0).nonzero().flatten().tolist()
         seq_output = model.encode_grouped(seq, lengths, z, mask)
     groups = len(group_by_structure(mask)[1])
-    add("controller (all rows)", lambda: model.structure(seq, lengths))
+    add("controller (all rows)", lambda: model.code_and_logits(seq, lengths))
     add("controller + masks", lambda: model.eval_structure(seq, lengths),
         "deterministic_mask, repair_to_budget")
 
@@ -192,13 +194,13 @@ def breakdown(model, batch, repeats):
         f"blocks kept by anyone: {len(kept)}")
     add("embed + attention mask", lambda: (model.embed(seq), model.get_attention_mask(seq)))
     add("encode, per block", lambda: model.encode(
-        seq, lengths, mask, False, model.mapper(z, mask.to(z.dtype), blocks=kept)),
+        seq, lengths, mask, gen=model.mapper(z, mask.to(z.dtype), blocks=kept)),
         "mapper included")
     add("encode, grouped", lambda: model.encode_grouped(seq, lengths, z, mask),
         "mapper included")
     with torch.inference_mode():
-        scores = model._scores(seq_output)
-    add("scores", lambda: model._scores(seq_output), f"{model.n_items} items")
+        scores = model.scores(seq_output)
+    add("scores", lambda: model.scores(seq_output), f"{model.n_items} items")
     add("scores.clone()", scores.clone, "the copy inference_mode would need")
     for grouping in EVAL_GROUPINGS:
         model.eval_grouping = grouping
@@ -233,13 +235,12 @@ def main():
         settings["state"] = "ERROR"
         config, fofa, trainer, test = build("ForwardOFA", config_files, settings)
         if saved is not None:
-            fofa.load_state_dict(saved["state_dict"])
-            fofa.load_other_parameter(saved["other_parameter"])
+            load_checkpoint(fofa, saved)
             fofa.eval()
         else:
-            fofa.stage = "adapt"
-        if fofa.stage != "adapt":
-            raise ValueError(f"--checkpoint {checkpoint}: saved in the {fofa.stage!r} stage; "
+            fofa.stage = Stage.ADAPT
+        if fofa.stage is not Stage.ADAPT:
+            raise ValueError(f"--checkpoint {checkpoint}: saved in the '{fofa.stage}' stage; "
                              "per-user structures exist in the 'adapt' stage only")
         structures = args.structures or (None if saved is not None else DEFAULT_STRUCTURES)
         if structures is not None:

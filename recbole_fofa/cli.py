@@ -9,8 +9,11 @@ paper's analyses (:data:`ANALYSES`).
 
 import argparse
 import ast
+import importlib
 
 from recbole_fofa import distributed
+from recbole_fofa.benchmark.runner import run_benchmark
+from recbole_fofa.experiment import quiet_console
 from recbole_fofa.quick_start import (
     comparison_table,
     results_table,
@@ -18,6 +21,7 @@ from recbole_fofa.quick_start import (
     search_worker,
     searching_trainer,
 )
+from recbole_fofa.trainer.trainer import search_table
 
 #: --analysis names -> "module:function" (imported when used)
 ANALYSES = {
@@ -68,6 +72,10 @@ def build_parser():
     parser.add_argument("--output", type=str, default=None,
                         help="with --benchmark/--analysis: the output folder (default "
                         "fofa-benchmark/ or fofa-analysis/)")
+    parser.add_argument("--reference", type=str, default=None,
+                        help="with --benchmark: the model every other one is compared with "
+                        "(paired differences over seeds with 95%% CIs, per-user tests, "
+                        "comparisons.csv; default SASRec-<n_blocks> when it runs)")
     return parser
 
 
@@ -79,6 +87,8 @@ def main(argv=None):
                                    ("--search", args.search)) if on]
     if len(modes) > 1:
         raise SystemExit(f"run_recbole_fofa: {' and '.join(modes)} cannot be combined")
+    if args.reference is not None and not args.benchmark:
+        raise SystemExit("run_recbole_fofa: --reference is read with --benchmark only")
     if args.benchmark:
         run_benchmark_cli(args, rest)
     elif args.analysis is not None:
@@ -123,12 +133,10 @@ def _mode_inputs(args, rest, default_count):
 
 def run_benchmark_cli(args, rest):
     """``--benchmark``: every model over every seed; prints the table and writes the files."""
-    from recbole_fofa.benchmark.runner import run_benchmark
-
     flags, seeds, config_file_list = _mode_inputs(args, rest, 3)
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
     report = run_benchmark(args.dataset, config_file_list, flags, models, seeds,
-                           args.output or "fofa-benchmark")
+                           args.output or "fofa-benchmark", reference=args.reference)
     budget = report.settings["epoch_budget"]
     print(f"\n{args.dataset}: test metrics, mean ± std over seeds {seeds}; "
           f"{budget['total']} epochs each (ForwardOFA {budget['supernet_epochs']} supernet + "
@@ -140,16 +148,17 @@ def run_benchmark_cli(args, rest):
         print(report.search_table())
     for error in report.errors():
         print(f"failed: {error}")
-    print(f"\nwritten: {report.files['md']}, {report.files['csv']}, {report.files['png']}")
+    if report.comparisons():
+        print(f"\nPaired comparisons with {report.reference} (model - reference, 95% CI over "
+              "seeds; users: per-seed paired permutation tests with p < 0.05)")
+        print(report.comparison_table())
+    written = [report.files[k] for k in ("md", "csv", "comparisons", "png") if k in report.files]
+    print(f"\nwritten: {', '.join(written)}")
     return report
 
 
 def run_analysis_cli(args, rest):
     """``--analysis=NAME``: one analysis; prints its table and findings, writes its files."""
-    import importlib
-
-    from recbole_fofa.experiment import quiet_console
-
     flags, seeds, config_file_list = _mode_inputs(args, rest, 1)
     module, function = ANALYSES[args.analysis].split(":")
     run_analysis = getattr(importlib.import_module(module), function)
@@ -218,8 +227,6 @@ def run_search(args, rest):
     if not args.checkpoint:
         raise SystemExit("run_recbole_fofa: --search needs --checkpoint=PATH (a saved "
                          "ForwardOFA model file)")
-    from recbole_fofa.trainer.trainer import search_table
-
     if args.nproc > 1:  # candidates of each generation spread over --nproc processes
         result, path = distributed.spawn(search_worker, args.nproc,
                                          (args.checkpoint, None, config_flags(rest), None),

@@ -1,7 +1,8 @@
 """Every work-around that recbole 1.2.1 needs on a modern stack, and nothing else.
 
-Each item names the breakage (numbered as in the project's research notes), where it sits in
-recbole 1.2.1 and the test that fails without the fix (tests/test_compat.py).
+Each item names the breakage (C1, C2, ...: the numbers tests/test_compat.py and the code comments
+use; gaps are breakages that needed no work-around), where it sits in recbole 1.2.1 and the test
+that fails without the fix (tests/test_compat.py).
 
 Handled by version constraints (setup.cfg / constraints.txt), not code:
 
@@ -41,7 +42,8 @@ Handled by code, below:
   SpectralCF, NCL, KGIN and MCCLK raise AttributeError when built.
   -> :func:`install_scipy_dok_update`, installed when ``recbole_fofa`` is imported.
 * C14 ``recbole.utils.get_model`` raises ``ModuleNotFoundError: lightgbm`` for an unknown name
-  (recbole/utils/utils.py:64-78). -> handled where names are resolved, in :mod:`recbole_fofa.utils`.
+  (recbole/utils/utils.py:64-78). -> handled where names are resolved,
+  :func:`recbole_fofa.registry.get_model`.
 """
 
 import contextlib

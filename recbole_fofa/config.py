@@ -8,43 +8,37 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_fofa import compat, distributed
-from recbole_fofa.checks import check_config, check_keys, check_value  # noqa: F401 (re-export)
+from recbole_fofa.checks import (
+    check_keys,
+    check_metrics,
+    check_value,
+    plain_values,
+    resolve_model,
+)
 from recbole_fofa.data_check import check_atomic_files
 from recbole_fofa.evaluator.measure import can_cost
 from recbole_fofa.evaluator.metrics import DEFAULT_COST_METRICS, is_cost_metric
-from recbole_fofa.utils import get_model
+from recbole_fofa.memory import check_memory
+from recbole_fofa.registry import default_config_file, get_model, properties_dir
 
 _RECBOLE_EXAMPLES = Path(recbole.__file__).resolve().parent / "dataset_example"
 
 
-def properties_dir():
-    """Directory of the plugin's YAML defaults: installed package data, else the source tree.
-
-    ``setup.cfg`` maps the top-level ``properties/`` to ``recbole_fofa/properties`` in the wheel.
-    """
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "properties", package.parent / "properties"):
-        if (candidate / "overall.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"recbole_fofa's properties/overall.yaml is neither in {package} nor in {package.parent}; "
-        "reinstall the package"
-    )
-
-
-def default_config_file(name, kind="model"):
-    """Path of a plugin YAML file, e.g. ``default_config_file("ForwardOFA")``."""
-    path = properties_dir() / kind / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no plugin {kind} properties for [{name}] at {path}")
-    return str(path)
+def check_config(config, model=None):
+    """Check a final config (a RecBole ``Config`` or its dict) for ``model`` (a name or class;
+    default ``config['model']``): every key it reads (:mod:`recbole_fofa.checks`), the metrics
+    and the memory estimate (:mod:`recbole_fofa.memory`); returns the estimate (or None)."""
+    _, model = resolve_model(plain_values(config), model)  # a name is resolved once
+    check_keys(config, model)
+    check_metrics(config)
+    return check_memory(config, model)
 
 
 class Config(RecBoleConfig):
     """RecBole's ``Config`` that also knows the plugin's models and defaults.
 
     On top of RecBole's resolution order it (1) resolves model names through
-    :func:`recbole_fofa.utils.get_model`; (2) layers ``properties/overall.yaml`` and
+    :func:`recbole_fofa.registry.get_model`; (2) layers ``properties/overall.yaml`` and
     ``properties/model/<model>.yaml`` over RecBole's own defaults (user files, dicts and command
     line still win; no dataset presets, so RecBole's models see RecBole's dataset settings);
     (3) disables training negative sampling for CE-loss sequential models unless the user
@@ -52,7 +46,8 @@ class Config(RecBoleConfig):
     (:mod:`recbole_fofa.data_check`) before RecBole would parse them or try to download them;
     (5) checks every config value the model reads (:mod:`recbole_fofa.checks`) before any data
     loads: once on the merged input, before RecBole's defaults would trip over a malformed one,
-    and once on the final values (metrics consistency and the memory estimate).
+    and once on the final values (metrics consistency and the memory estimate,
+    :func:`check_config`).
     (6) appends the cost metrics (MACs, Params, Blocks) to the model type's RecBole default
     ``metrics`` when the user did not set ``metrics`` and the model class can be costed
     (``cost_metrics_by_default`` records it), refuses explicitly requested cost metrics for a model
@@ -157,3 +152,9 @@ def resolve_data_path(dataset, data_path):
         f"{', '.join(str(path) for path in tried)}. Set `data_path` to the folder that contains "
         f"a '{dataset}/' directory of RecBole atomic files, or use the bundled `--dataset=ml-100k`."
     )
+
+
+# check_value, default_config_file and properties_dir are re-exported: the public API names them
+# here (recbole_fofa.default_config_file comes from this module).
+__all__ = ["Config", "check_config", "check_keys", "check_value", "default_config_file",
+           "properties_dir", "resolve_data_path"]

@@ -36,7 +36,7 @@ sub-networks at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ __all__ = [
     "gru4rec_cost",
     "macs_to_flops",
     "mapper_macs",
+    "mapper_head_outputs",
     "mapper_params",
     "sasrec_cost",
     "scoring_macs",
@@ -85,14 +86,21 @@ class CostNotMeasurableError(ValueError):
 
 def _as_int(x):
     """Return a Python int for 0-d input and an int64 array otherwise (the module's convention)."""
+    if type(x) is int:
+        return x
     arr = np.asarray(x, dtype=np.int64)
     return int(arr) if arr.ndim == 0 else arr
 
 
 def _ints(*values):
-    """Convert arguments to int64 arrays (broadcastable), rejecting non-integral values."""
+    """Convert arguments to int64 arrays (broadcastable), rejecting non-integral values. Python
+    ints stay Python ints, so scalar formulas never overflow (the memory estimate feeds them
+    absurd sizes to refuse them)."""
     out = []
     for v in values:
+        if type(v) is int:
+            out.append(v)
+            continue
         a = np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
         if a.dtype.kind == "f":
             if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
@@ -243,9 +251,17 @@ def controller_params(hidden_size, n_blocks, extractor):
     return _as_int(ext + d * n + n)
 
 
-def _head_out(d, r):
-    """Outputs of one mapper head: cores G1, G2 (r x r each) and LayerNorm scale and shift (d)."""
-    return 2 * r * r + 2 * d
+def mapper_head_outputs(hidden_size, rank):
+    """Values the mapper generates per block: cores G1, G2 (r x r each) and LayerNorm scale and
+    shift (d each): ``2*r^2 + 2*d``."""
+    return 2 * rank * rank + 2 * hidden_size
+
+
+def _generator_macs(d, n, r, h, mode, k):
+    """MACs of the mapper's heads for ``k`` kept blocks (merges excluded)."""
+    if mode == "parallel":
+        return k * ((d + n) * h + h * mapper_head_outputs(d, r))
+    return (d + n) * h + h * n * mapper_head_outputs(d, r)  # shared: one head for all
 
 
 def _merge_macs(d, f, r):
@@ -266,10 +282,7 @@ def mapper_macs(hidden_size, inner_size, n_blocks, rank, mapper_hidden, mode, n_
     d, f, n, r, h, k = _ints(hidden_size, inner_size, n_blocks, rank, mapper_hidden, n_kept)
     if mode == "none":
         return _as_int(0 * k)
-    merge = _merge_macs(d, f, r)
-    if mode == "parallel":
-        return _as_int(k * ((d + n) * h + h * _head_out(d, r) + merge))
-    return _as_int((d + n) * h + h * n * _head_out(d, r) + k * merge)
+    return _as_int(_generator_macs(d, n, r, h, mode, k) + k * _merge_macs(d, f, r))
 
 
 def mapper_params(hidden_size, inner_size, n_blocks, rank, mapper_hidden, mode):
@@ -280,7 +293,7 @@ def mapper_params(hidden_size, inner_size, n_blocks, rank, mapper_hidden, mode):
     d, f, n, r, h = _ints(hidden_size, inner_size, n_blocks, rank, mapper_hidden)
     if mode == "none":
         return _as_int(0 * d)
-    out = _head_out(d, r)
+    out = mapper_head_outputs(d, r)
     factors = 2 * r * (d + f)
     if mode == "parallel":
         return _as_int(n * ((d + n) * h + h + h * out + out + factors))
@@ -308,50 +321,6 @@ class CostBreakdown:
     controller_params: int
     mapper_macs: np.ndarray
     mapper_params: int
-
-    @property
-    def device_macs(self) -> np.ndarray:
-        """Per-row MACs that run on the device: encoder + scoring (the lookup is free)."""
-        return self.encoder_macs + self.scoring_macs
-
-    @property
-    def device_params(self) -> np.ndarray:
-        """Per-row scalars held on the device: encoder (fixed + kept blocks) + candidates."""
-        return self.encoder_params + self.candidate_params
-
-    @property
-    def cloud_macs(self) -> np.ndarray:
-        """Per-row MACs the cloud spends on one device: controller + mapper."""
-        return self.controller_macs + self.mapper_macs
-
-    def table(self, index=None) -> List[Tuple[str, Any, Any, str]]:
-        """Rows ``(part, MACs, params, where)`` for docs: one mask row (``index``) or, by default,
-        the mean over rows (an exact int when all rows agree)."""
-
-        def pick(v):
-            a = np.asarray(v)
-            if a.ndim == 0:
-                return int(a)
-            if a.size == 0:
-                return 0
-            if index is not None:
-                return int(a[index])
-            return int(a[0]) if np.all(a == a[0]) else float(a.mean())
-
-        rows = [
-            ("embedding lookup (gather)", 0, 0, "device"),
-            ("encoder (kept blocks)", pick(self.encoder_macs), pick(self.encoder_params), "device"),
-            ("scoring (cached candidates)", pick(self.scoring_macs),
-             pick(self.candidate_params), "device"),
-            ("structure controller", pick(self.controller_macs), pick(self.controller_params),
-             "cloud"),
-            ("structural mapper", pick(self.mapper_macs), pick(self.mapper_params), "cloud"),
-        ]
-        dev = [r for r in rows if r[3] == "device"]
-        cloud = [r for r in rows if r[3] == "cloud"]
-        rows.append(("device total", sum(r[1] for r in dev), sum(r[2] for r in dev), "device"))
-        rows.append(("cloud total", sum(r[1] for r in cloud), sum(r[2] for r in cloud), "cloud"))
-        return rows
 
 
 def forward_ofa_cost(shape, masks, widths=None, heads=None) -> CostBreakdown:
@@ -381,18 +350,12 @@ def forward_ofa_cost(shape, masks, widths=None, heads=None) -> CostBreakdown:
     per_block_p = block_params(d, f_rows, h_rows * shape.head_size)
     kept = m.sum(axis=1)
 
-    d, r, h = _ints(d, shape.mapper_rank, shape.mapper_hidden)
-    out = _head_out(d, r)
-    merge = encoder_macs(m, _merge_macs(d, f_rows, r))
-    factors = int(n * 2 * r * (d + int(shape.inner_size)))
     if shape.mapper_mode == "none":
-        mapper, mapper_p = np.zeros_like(kept), 0
-    elif shape.mapper_mode == "parallel":
-        mapper = kept * ((d + n) * h + h * out) + merge
-        mapper_p = n * ((d + n) * h + h + h * out + out) + factors
-    else:  # shared
-        mapper = (d + n) * h + h * n * out + merge
-        mapper_p = (d + n) * h + h + h * n * out + n * out + factors
+        mapper = np.zeros_like(kept)
+    else:  # the merges follow each kept block's width
+        r, h = _ints(shape.mapper_rank, shape.mapper_hidden)
+        mapper = (_generator_macs(d, n, r, h, shape.mapper_mode, kept)
+                  + encoder_macs(m, _merge_macs(d, f_rows, r)))
     return CostBreakdown(
         encoder_macs=encoder_macs(m, per_block),
         encoder_params=device_params_fixed(L, d) + encoder_params(m, per_block_p),
@@ -402,7 +365,8 @@ def forward_ofa_cost(shape, masks, widths=None, heads=None) -> CostBreakdown:
         controller_macs=controller_macs(d, n, shape.rt_len, shape.extractor),
         controller_params=controller_params(d, n, shape.extractor),
         mapper_macs=np.asarray(mapper, dtype=np.int64),
-        mapper_params=int(mapper_p),
+        mapper_params=int(mapper_params(d, shape.inner_size, n, shape.mapper_rank,
+                                        shape.mapper_hidden, shape.mapper_mode)),
     )
 
 

@@ -22,10 +22,16 @@ import datetime
 import errno
 import os
 import socket
+import time
 from logging import getLogger
 
+import recbole.trainer.trainer as recbole_trainer
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from recbole_fofa import compat
 
 #: Process-group backends the plugin sets up: gloo (CPU tensors, also CUDA) and NCCL (GPUs).
 BACKENDS = ("gloo", "nccl")
@@ -293,10 +299,6 @@ def spawn(fn, nproc, args=(), ip="localhost", port=None, backend=None,
     A failing rank raises here with its traceback (the others are stopped); with ``deadline``
     (seconds) a run that has not finished by then is stopped and a TimeoutError raised.
     """
-    import time
-
-    import torch.multiprocessing as mp
-
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":  # no or too few GPUs: the error before any spawn
@@ -333,8 +335,6 @@ def wrap_model(model, config):
     """``DistributedDataParallel`` around ``model`` for this rank's device: ``device_ids`` only on
     CUDA (a CPU module refuses them), SyncBatchNorm only on CUDA (it has no CPU kernel). Only the
     parameters that require a gradient now are reduced: call it again after freezing some."""
-    from torch.nn.parallel import DistributedDataParallel
-
     device = torch.device(config["device"])
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -382,8 +382,6 @@ def unsharded(eval_data):
 def load_checkpoint(path, device=None):
     """The checkpoint at ``path``: read by rank 0 and broadcast, so ranks on machines without
     rank 0's file system get it too (one process: read here)."""
-    from recbole_fofa import compat
-
     if not is_distributed():
         return compat.torch_load_trusted(path, device)
     checkpoint = compat.torch_load_trusted(path, "cpu") if get_rank() == 0 else None
@@ -404,8 +402,6 @@ class _NoTensorboard:
 def no_tensorboard():
     """Inside the block, RecBole trainers are built without a tensorboard writer (which creates
     ``./log_tensorboard/<run>/`` at once): for ranks other than 0."""
-    import recbole.trainer.trainer as recbole_trainer
-
     original = recbole_trainer.get_tensorboard
     recbole_trainer.get_tensorboard = lambda logger: _NoTensorboard()
     try:

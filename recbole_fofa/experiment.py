@@ -3,8 +3,9 @@ ForwardOFA's stage 2 from a supernet trained earlier.
 
 :func:`train` is :func:`recbole_fofa.quick_start.run_recbole_fofa` split open: it returns the
 trained model, trainer and dataloaders (a :class:`Trained`) instead of only the scores, times each
-training epoch by stage, and, given ``supernet=`` (the backbone of an earlier ForwardOFA run with
-the same data and sizes), skips stage 1 so that variants differing only in stage 2 share it.
+training epoch by stage (the trainer's ``epoch_times``), and, given ``supernet=`` (the backbone of
+an earlier ForwardOFA run with the same data and sizes), skips stage 1 so that variants differing
+only in stage 2 share it.
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ from typing import Dict, List
 
 import torch
 
-from recbole_fofa import compat
+from recbole_fofa import checks
+from recbole_fofa.model import Stage
 from recbole_fofa.quick_start import prepare, quiet_console, quieten_console
+from recbole_fofa.trainer import load_checkpoint
 from recbole_fofa.utils import get_trainer
 
 #: ForwardOFA keys that act in stage 2 only: runs differing in these alone can share the supernet
 #: (``train(..., supernet=...)``), as the benchmark's ablations and the analyses' sweeps do
-STAGE2_KEYS = frozenset([
-    "mapper_mode", "mapper_rank", "mapper_hidden", "controller", "extractor", "rt_len",
-    "sparsity_weight", "sparsity_target", "keep_threshold", "tau_start", "tau_end",
-    "tau_anneal_epochs", "backbone_lr_scale", "device_budget", "epochs",
-])
+#: (the key table's ``stage2`` rows, :data:`recbole_fofa.checks.STAGE2_KEYS`)
+STAGE2_KEYS = checks.STAGE2_KEYS
 
 __all__ = ["STAGE2_KEYS", "Trained", "train", "quiet_console", "quieten_console",
            "recbole_argv_cleared"]
@@ -76,19 +76,6 @@ class Trained:
         return {stage: sum(v) / len(v) for stage, v in self.epoch_seconds.items() if v}
 
 
-def _time_epochs(trainer, model, seconds):
-    inner = trainer._train_epoch
-
-    def timed(*args, **kwargs):
-        stage = getattr(model, "stage", "train")
-        start = time.perf_counter()
-        out = inner(*args, **kwargs)
-        seconds.setdefault(stage, []).append(time.perf_counter() - start)
-        return out
-
-    trainer._train_epoch = timed
-
-
 def train(model, dataset, config_file_list=None, config_dict=None, saved=True, supernet=None,
           supernet_seconds=None) -> Trained:
     """Prepare, fit (best checkpoint reloaded when ``saved``) and return a :class:`Trained`.
@@ -110,28 +97,18 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
         if backbone_missing or unexpected:
             raise ValueError(f"supernet= does not match this ForwardOFA: missing "
                              f"{backbone_missing}, unexpected {unexpected}")
-        net.stage = "adapt"
-        seconds["supernet"] = list(supernet_seconds or [])
+        net.stage = Stage.ADAPT
+        seconds[Stage.SUPERNET.value] = list(supernet_seconds or [])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    _time_epochs(trainer, net, seconds)
-    captured = {}
-    if config["model"] == "ForwardOFA" and supernet is None:
-        enter = trainer._enter_stage
-
-        def enter_and_capture(stage):  # fit() has just reloaded the best supernet
-            if stage == "adapt" and "state" not in captured:
-                captured["state"] = net.backbone_state_dict()
-            enter(stage)
-
-        trainer._enter_stage = enter_and_capture
     best_score, best_result = trainer.fit(train_data, valid_data, saved=saved,
                                           show_progress=False)
     if saved:  # the best checkpoint, as RecBole's evaluate(load_best_model=True) loads it
-        checkpoint = compat.torch_load_trusted(trainer.saved_model_file, config["device"])
-        net.load_state_dict(checkpoint["state_dict"])
-        net.load_other_parameter(checkpoint.get("other_parameter"))
+        load_checkpoint(net, trainer.saved_model_file, config["device"])
+    for epoch in trainer.epoch_times:
+        seconds.setdefault(epoch.stage, []).append(epoch.seconds)
     trained = Trained(config, net, trainer, train_data, valid_data, test_data,
                       best_valid_score=float(best_score),
                       best_valid_result={k: float(v) for k, v in (best_result or {}).items()},
-                      epoch_seconds=seconds, supernet=captured.get("state", supernet))
+                      epoch_seconds=seconds,
+                      supernet=getattr(trainer, "stage1_backbone", None) or supernet)
     return trained

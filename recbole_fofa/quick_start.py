@@ -13,14 +13,16 @@ from collections.abc import MutableMapping
 from logging import getLogger
 
 import torch
+import torch.multiprocessing as mp
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
-from recbole_fofa import compat, distributed
-from recbole_fofa.checks import MODEL_CHECKS, check_keys, check_metrics
+from recbole_fofa import checks, compat, distributed
+from recbole_fofa.checks import check_keys, check_metrics
 from recbole_fofa.config import Config
 from recbole_fofa.data_check import check_split
 from recbole_fofa.table import format_table
+from recbole_fofa.trainer.base import load_checkpoint
 from recbole_fofa.utils import get_model, get_trainer
 
 
@@ -177,7 +179,6 @@ def run(
                          "every machine")
     if group_offset == 0:
         distributed.check_port_free(ip, port)
-    import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
@@ -226,8 +227,7 @@ def load_data_and_model(model_file, config_dict=None):
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    net.load_state_dict(checkpoint["state_dict"])
-    net.load_other_parameter(checkpoint.get("other_parameter"))
+    load_checkpoint(net, checkpoint)
     return config, net, data, train_data, valid_data, test_data
 
 
@@ -242,13 +242,8 @@ def _reload_device(config, model_file):
 
 
 #: Keys a reloaded checkpoint's config may change: none of them alters the model's weights or
-#: the data split, so the reloaded model is the saved one.
-RELOAD_OVERRIDABLE = frozenset(
-    [key for key in MODEL_CHECKS["ForwardOFA"] if key.startswith("search_")]
-    + ["width_choices", "head_choices", "compound_widths", "compound_heads", "eval_batch_size",
-       "show_progress", "state", "checkpoint_dir", "metrics", "topk", "metric_decimal_place",
-       "valid_metric"]
-)
+#: the data split, so the reloaded model is the saved one (the key table's ``reload`` rows).
+RELOAD_OVERRIDABLE = checks.RELOAD_OVERRIDABLE
 
 
 def apply_overrides(config, overrides):

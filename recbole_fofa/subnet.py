@@ -15,7 +15,7 @@ from typing import Iterable, Sequence, Tuple, Union
 import numpy as np
 
 from recbole_fofa import cost
-from recbole_fofa.checks import parse_budget
+from recbole_fofa.budget import parse_budget
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,30 @@ class SupernetShape:
     def full_macs(self) -> int:
         """Encoder MACs of the whole supernet (every block at full width)."""
         return int(self.block_macs().sum())
+
+    def cheapest_macs(self, space: str = "block", width_choices=None, head_choices=None,
+                      compound_widths=None, compound_heads=None) -> int:
+        """Encoder MACs of the cheapest sub-network of a search space over this supernet: the
+        one computation of it, for the config checks, the search spaces and the controller.
+
+        ``'block'``: one block at full width; ``'elastic'``: one block at the smallest of
+        ``width_choices`` (fractions of ``inner_size``) and of ``head_choices``;
+        ``'compound'``: k blocks at ``compound_widths[k-1]`` and ``compound_heads[k-1]``, for
+        the cheapest k. Costs grow with width and heads, so these are the minima.
+        """
+        if space == "block":
+            shapes = [(1, self.inner_size, self.n_heads)]
+        elif space == "elastic":
+            shapes = [(1, round(min(width_choices) * self.inner_size), min(head_choices))]
+        elif space == "compound":
+            shapes = [(k, round(w * self.inner_size), h)
+                      for k, (w, h) in enumerate(zip(compound_widths, compound_heads), start=1)]
+        else:
+            raise ValueError(f"search space {space!r} is invalid: expected one of "
+                             "['block', 'elastic', 'compound']")
+        return int(min(k * cost.block_macs(self.seq_len, self.hidden_size, width, heads,
+                                           head_size=self.head_size)
+                       for k, width, heads in shapes))
 
     def budget_macs(self, value, key: str = "budget") -> float:
         """A budget (a fraction in (0, 1] of the full encoder, or ``"<n>[K|M|G] MACs"``) in MACs.

@@ -46,12 +46,17 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture
-def planted(tmp_path):
-    """(dataset name, config_dict) for a tiny, fast run on the planted dataset."""
-    write_planted_dataset(tmp_path / "data")
-    config = {
-        "data_path": str(tmp_path / "data"),
+#: The tiny ForwardOFA the tests build on the planted data: three blocks, a four-item real-time
+#: window and a small mapper.
+TINY_FOFA = {"n_blocks": 3, "rt_len": 4, "mapper_rank": 4, "mapper_hidden": 16}
+
+
+def planted_config(root):
+    """Write the planted dataset under ``root/data`` and return the config of a tiny, fast run on
+    it (checkpoints in ``root/saved``): the ``planted`` fixture's, for module-scoped fixtures."""
+    write_planted_dataset(root / "data")
+    return {
+        "data_path": str(root / "data"),
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "MAX_ITEM_LIST_LENGTH": 8,
         "hidden_size": 16,
@@ -70,10 +75,15 @@ def planted(tmp_path):
         "valid_metric": "NDCG@10",
         "state": "ERROR",
         "show_progress": False,
-        "checkpoint_dir": str(tmp_path / "saved"),
+        "checkpoint_dir": str(root / "saved"),
         "seed": 2020,
     }
-    return "planted", config
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """(dataset name, config_dict) for a tiny, fast run on the planted dataset."""
+    return "planted", planted_config(tmp_path)
 
 
 def write_atomic_files(root, name, files):

@@ -29,6 +29,8 @@ from recbole_fofa.evaluator.measure import can_cost
 from recbole_fofa.evaluator.metrics import DEFAULT_COST_METRICS
 from recbole_fofa.trainer import PluginTrainerMixin
 
+pytestmark = pytest.mark.slow  # trains a model per test or starts processes
+
 PACKAGES = ("general_recommender", "context_aware_recommender", "knowledge_aware_recommender",
             "sequential_recommender", "exlib_recommender")
 RESULT_KEYS = {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result"}

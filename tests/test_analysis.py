@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FOFA
 
 from recbole_fofa import cost
 from recbole_fofa.analysis._common import (
@@ -32,9 +33,9 @@ N_USERS = 60  # users of the planted dataset (conftest.write_planted_dataset)
 @pytest.fixture
 def fofa(planted):
     dataset, config = planted
-    config.update(n_blocks=3, rt_len=4, supernet_epochs=1, epochs=1, mapper_rank=4,
-                  mapper_hidden=16, metrics=["NDCG", "Hit", "MACs", "Params", "Blocks"],
-                  topk=[10], valid_metric="NDCG@10", train_batch_size=256)
+    config.update(TINY_FOFA, supernet_epochs=1, epochs=1,
+                  metrics=["NDCG", "Hit", "MACs", "Params", "Blocks"], topk=[10],
+                  valid_metric="NDCG@10", train_batch_size=256)
     return dataset, config
 
 
@@ -52,6 +53,7 @@ def _check_files(result, tmp_path, name, rows):
 
 
 # ----------------------------------------------------------------------------- sparsity
+@pytest.mark.slow
 def test_sparsity_sweep_rows_by_weight_with_consistent_costs(fofa, tmp_path):
     dataset, config = fofa
     result = run_sparsity(dataset, config_dict=config, output_dir=tmp_path / "out",

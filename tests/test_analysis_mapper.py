@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_FOFA
 from recbole.data.interaction import Interaction
 
 from recbole_fofa.analysis._common import eval_cases, evaluation_trainer, recbole_evaluate
@@ -18,8 +19,7 @@ from recbole_fofa.subnet import SubnetConfig
 @pytest.fixture
 def fofa(planted):
     dataset, config = planted
-    config.update(n_blocks=3, rt_len=4, supernet_epochs=1, epochs=1, mapper_rank=4,
-                  mapper_hidden=16, metrics=["NDCG", "Hit"], topk=[10],
+    config.update(TINY_FOFA, supernet_epochs=1, epochs=1, metrics=["NDCG", "Hit"], topk=[10],
                   valid_metric="NDCG@10", train_batch_size=256)
     return dataset, config
 

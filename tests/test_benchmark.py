@@ -27,10 +27,11 @@ def _png(path):
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
 
+@pytest.mark.slow
 def test_two_models_two_seeds_end_to_end(bench, tmp_path, capfd):
     dataset, config = bench
     report = run_benchmark(dataset, None, config, ["ForwardOFA", "SASRec-1"], [3, 4],
-                           tmp_path / "out", progress=False)
+                           tmp_path / "out", progress=False, reference="SASRec-1")
     summary = {row["label"]: row for row in report.summary()}
     assert set(summary) == {"ForwardOFA", "SASRec-1"}
     for row in summary.values():
@@ -57,11 +58,29 @@ def test_two_models_two_seeds_end_to_end(bench, tmp_path, capfd):
     assert set(kinds) == {("0.5", "searched"), ("0.5", "controller")}
     assert kinds[("0.5", "searched")]["seeds"] == 2
     assert kinds[("0.5", "searched")]["macs_mean"] <= 0.5 * 3 * full_block
+    # paired comparisons with the reference, from per-user values RecBole's metrics average
+    comparisons = list(csv.DictReader(open(report.files["comparisons"])))
+    assert {(r["model"], r["reference"]) for r in comparisons} == {("ForwardOFA", "SASRec-1")}
+    ndcg = next(r for r in comparisons if r["metric"] == "ndcg@10")
+    assert ndcg["n_seeds"] == "2" and ndcg["verdict"] in ("better", "no difference", "worse")
+    assert float(ndcg["ci_low"]) <= float(ndcg["mean_diff"]) <= float(ndcg["ci_high"])
+    assert "NDCG@10 - SASRec-1 [95% CI]" in report.table()
+    for record in report.records:
+        for metric, values in record["per_user"].items():
+            assert len(values) == record["test_users"]
+            assert sum(values) / len(values) == pytest.approx(record["test"][metric], abs=5e-5)
+        ends = record["training"]
+        assert [e["stage"] for e in ends] == (["supernet", "adapt"] if record["model"] ==
+                                              "ForwardOFA" else ["train"])
+        for end in ends:
+            assert 1 <= end["best_epoch"] <= end["epochs"] <= end["max_epochs"]
+            assert end["stopped_early"] == (end["epochs"] < end["max_epochs"])
     # quiet console: no model dump or per-epoch lines, no library warnings
     out, err = capfd.readouterr()
     assert "Trainable parameters" not in out + err and "FutureWarning" not in out + err
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_runs_and_failures_are_rows(bench, tmp_path, monkeypatch):
     dataset, config = bench
     config = dict(config, epochs=1)
@@ -92,6 +111,7 @@ def test_resume_skips_finished_runs_and_failures_are_rows(bench, tmp_path, monke
     assert calls == ["SASRec-1"]
 
 
+@pytest.mark.slow
 def test_ablations_share_the_supernet_of_their_seed(bench, tmp_path):
     dataset, config = bench
     report = run_benchmark(dataset, None, config,
@@ -141,6 +161,7 @@ def test_resolve_variants():
         run_benchmark("x", seeds=[1, 1])
 
 
+@pytest.mark.slow
 def test_cli_benchmark(bench, tmp_path, capsys):
     dataset, config = bench
     flags = [f"--{key}={value!r}" if not isinstance(value, str) else f"--{key}={value}"
@@ -168,6 +189,17 @@ def test_cli_seeds_and_modes():
         cli.main(["--benchmark", "--analysis=blocks"])
     with pytest.raises(SystemExit, match="--seeds and --output"):
         cli.main(["--model=SASRec", "--seeds=2"])
+    with pytest.raises(SystemExit, match="--reference is read with --benchmark"):
+        cli.main(["--model=SASRec", "--reference=SASRec"])
+
+
+def test_reference_is_one_of_the_models():
+    variants = resolve_variants(["ForwardOFA", "SASRec-6", "SASRec-2"], 6)
+    assert runner.check_reference(None, variants, 6) == "SASRec-6"
+    assert runner.check_reference("SASRec-2", variants, 6) == "SASRec-2"
+    assert runner.check_reference(None, variants[:1], 6) is None
+    with pytest.raises(ValueError, match="reference 'GRU4Rec' is not one of"):
+        runner.check_reference("GRU4Rec", variants, 6)
 
 
 def test_format_table_styles_and_cells():

@@ -45,6 +45,7 @@ def test_stock_trainer_needs_trusted_loads_for_its_best_checkpoint(planted):
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in __import__("os").environ
 
 
+@pytest.mark.slow
 def test_beyond_accuracy_metrics_work_with_the_tensor_safe_collector(planted):
     """C13: recbole 1.2.1 calls .cpu() on the ints its own Collector stores."""
     dataset, config = planted
@@ -75,6 +76,7 @@ def test_float_field_nans_are_filled(tmp_path):
     assert not dataset.inter_feat["rating"].isna().any()
 
 
+@pytest.mark.slow
 def test_pipeline_never_imports_ray(tmp_path, planted):
     """C4/C5: recbole.quick_start imports ray 2.6.3, which breaks on numpy 2."""
     dataset, config = planted

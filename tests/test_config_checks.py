@@ -9,23 +9,18 @@ import pytest
 import recbole
 import torch
 import yaml
-from conftest import write_atomic_files, write_planted_dataset
+from conftest import TINY_FOFA, write_atomic_files, write_planted_dataset
 from recbole.config import Config as RecBoleConfig
 from recbole.model.layers import FeedForward
 from recbole.utils import ModelType
 
-from recbole_fofa import Config, checks, cost, get_model
-from recbole_fofa.checks import (
-    BACKBONE_CHECKS,
-    COMMON_CHECKS,
-    MODEL_CHECKS,
-    Budget,
-    check_config,
-    estimate_memory,
-    parse_budget,
-)
-from recbole_fofa.config import default_config_file
+from recbole_fofa import Config, checks, cost, experiment, get_model, memory, registry
+from recbole_fofa.budget import Budget, parse_budget
+from recbole_fofa.checks import BACKBONE_CHECKS, COMMON_CHECKS, MODEL_CHECKS
+from recbole_fofa.config import check_config, default_config_file
+from recbole_fofa.memory import estimate_memory
 from recbole_fofa.quick_start import prepare
+from recbole_fofa.recbole_introspect import activation_names
 
 NAN, INF = float("nan"), float("inf")
 
@@ -92,6 +87,53 @@ def test_forward_ofa_table_covers_its_yaml_exactly():
     assert set(MODEL_CHECKS["ForwardOFA"]) == set(documented)
 
 
+def test_table_defaults_are_the_yaml_values():
+    loader = RecBoleConfig._build_yaml_loader(None)
+    documented = yaml.load(Path(default_config_file("ForwardOFA")).read_text(), Loader=loader)
+    assert {k: row.default for k, row in checks.MODEL_KEYS["ForwardOFA"].items()} == documented
+    recbole_overall = yaml.load((Path(recbole.__file__).resolve().parent / "properties"
+                                 / "overall.yaml").read_text(), Loader=loader)
+    assert checks.COMMON_KEYS["train_batch_size"].default == recbole_overall["train_batch_size"]
+    assert checks.COMMON_KEYS["dist_timeout"].default == 1800  # the plugin's overall.yaml
+    assert checks.BACKBONE_KEYS["n_layers"].default == 2  # SASRec's YAML
+
+
+def test_derived_key_lists_keep_their_values():
+    """STAGE2_KEYS, RELOAD_OVERRIDABLE and the memory's REFERENCE come from the key table's
+    flags and defaults; these are the lists they replaced."""
+    assert experiment.STAGE2_KEYS == checks.STAGE2_KEYS == {
+        "mapper_mode", "mapper_rank", "mapper_hidden", "controller", "extractor", "rt_len",
+        "sparsity_weight", "sparsity_target", "keep_threshold", "tau_start", "tau_end",
+        "tau_anneal_epochs", "backbone_lr_scale", "device_budget", "epochs"}
+    from recbole_fofa.quick_start import RELOAD_OVERRIDABLE
+
+    search = {key for key in MODEL_CHECKS["ForwardOFA"] if key.startswith("search_")}
+    assert RELOAD_OVERRIDABLE == checks.RELOAD_OVERRIDABLE == search | {
+        "width_choices", "head_choices", "compound_widths", "compound_heads", "eval_batch_size",
+        "show_progress", "state", "checkpoint_dir", "metrics", "topk", "metric_decimal_place",
+        "valid_metric"}
+    assert memory.REFERENCE == {
+        "n_blocks": 6, "n_layers": 2, "supernet_subnets": 2, "hidden_size": 64,
+        "inner_size": 256, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 2048,
+        "eval_batch_size": 4096, "mapper_rank": 8, "mapper_hidden": 64, "rt_len": 10}
+
+
+def test_a_model_name_is_resolved_once_per_check(base, monkeypatch):
+    calls = []
+    original = registry.get_model
+
+    def counting(name):
+        calls.append(name)
+        return original(name)
+
+    monkeypatch.setattr(registry, "get_model", counting)
+    checks.check_keys(base["ForwardOFA"], "ForwardOFA")
+    assert calls == ["ForwardOFA"]
+    calls.clear()
+    check_config(base["SASRec"], "SASRec")
+    assert calls == ["SASRec"]
+
+
 @pytest.mark.parametrize("key", ["tau_start", "tau_end", "sparsity_weight", "distill_weight",
                                  "backbone_lr_scale", "layer_norm_eps", "initializer_range",
                                  "learning_rate", "keep_threshold", "hidden_dropout_prob"])
@@ -111,7 +153,7 @@ def test_bad_values_fail_in_config_before_the_dataset_is_even_looked_up(tmp_path
 
 
 def test_hidden_act_names_are_recboles_own():
-    names = checks.activation_names()
+    names = activation_names()
     assert {"gelu", "relu", "swish", "tanh", "sigmoid"} <= set(names)
     x = torch.randn(2, 3, 8)
     for name in names:  # each accepted name really builds and runs RecBole's FeedForward
@@ -207,7 +249,7 @@ def test_ambiguous_or_malformed_budgets_name_both_forms(value):
 
 def test_budget_in_macs_reaches_the_model(planted):
     dataset, config = planted
-    config.update(n_blocks=3, rt_len=4, mapper_rank=4, mapper_hidden=16)
+    config.update(TINY_FOFA)
     block = cost.block_macs(8, 16, 32, 2)
     _, model, _ = prepare("ForwardOFA", dataset, config_dict=dict(config,
                                                                   device_budget="40K MACs"))
@@ -251,11 +293,11 @@ def test_memory_message_names_estimate_and_limit(base):
     values = dict(base["ForwardOFA"], hidden_size=4096, n_heads=2, inner_size=256)
     estimate = estimate_memory(values, "ForwardOFA")
     with pytest.raises(ValueError) as info:
-        checks.check_memory(values, "ForwardOFA", limit=estimate.total_bytes - 1)
+        memory.check_memory(values, "ForwardOFA", limit=estimate.total_bytes - 1)
     message = str(info.value)
     assert "`hidden_size` = 4096" in message and "item embedding is not counted" in message
     assert "GiB" in message and "limit" in message
-    assert checks.check_memory(values, "ForwardOFA", limit=estimate.total_bytes) == estimate
+    assert memory.check_memory(values, "ForwardOFA", limit=estimate.total_bytes) == estimate
 
 
 def test_shipped_configs_fit():
@@ -270,7 +312,7 @@ def test_shipped_configs_fit():
     assert (defaults["hidden_size"], defaults["train_batch_size"], defaults["n_blocks"],
             defaults["supernet_subnets"]) == (64, 2048, 6, 2)
     assert estimate_memory(defaults).stage == "supernet"
-    for key, reference in checks.REFERENCE.items():  # the named defaults are the shipped ones
+    for key, reference in memory.REFERENCE.items():  # the named defaults are the shipped ones
         if key in defaults and key != "n_layers":
             assert defaults[key] == reference, key
 
@@ -278,7 +320,7 @@ def test_shipped_configs_fit():
 def test_estimate_matches_what_training_really_keeps(planted):
     """Parameters exactly; activations: at least what autograd saves, at most 1.3x."""
     dataset, config = planted
-    config.update(n_blocks=3, rt_len=4, mapper_rank=4, mapper_hidden=16, supernet_subnets=2)
+    config.update(TINY_FOFA, supernet_subnets=2)
     cfg, model, (train, _, _) = prepare("ForwardOFA", dataset, config_dict=config)
     estimate = estimate_memory(cfg)
     n_params = sum(p.numel() for p in model.parameters()) - model.item_embedding.weight.numel()

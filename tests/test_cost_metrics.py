@@ -35,6 +35,7 @@ def test_cost_metrics_can_be_the_valid_metric(planted):
     assert config_["valid_metric_bigger"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec", "GRU4Rec"])
 def test_baselines_report_their_cost_beside_accuracy(planted, model):
     dataset, config = planted
@@ -139,6 +140,7 @@ def test_explicit_cost_metrics_of_an_uncostable_model_fail_at_config_time(plante
         Config(model="EASE", dataset=dataset, config_dict=config)
 
 
+@pytest.mark.slow
 def test_general_model_reports_its_one_user_cost(planted):
     """BPR scores with a dot product: 0 matrix-product MACs, one user row on the device."""
     dataset, config = planted

@@ -160,6 +160,7 @@ def test_missing_benchmark_part(tmp_path):
         config_for(tmp_path, benchmark_filename=["train", "valid", "test"])
 
 
+@pytest.mark.slow
 def test_own_dataset_without_load_col_runs_sasrec_end_to_end(tmp_path, caplog):
     write_atomic_files(tmp_path, "mine", {"inter": (INTER, rows(12, 6))})
     with caplog.at_level(logging.INFO):

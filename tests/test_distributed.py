@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import latest_log_text, write_planted_dataset
+from conftest import latest_log_text, planted_config
 
 from recbole_fofa import Config, distributed
 from recbole_fofa.distributed import PortInUseError
@@ -42,18 +42,10 @@ DETERMINISTIC = {"shuffle": False, "hidden_dropout_prob": 0.0, "attn_dropout_pro
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def planted_config(root, **overrides):
-    """The conftest ``planted`` settings, written under ``root`` (module-scoped fixtures)."""
-    write_planted_dataset(root / "data")
-    config = {
-        "data_path": str(root / "data"),
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "MAX_ITEM_LIST_LENGTH": 8, "hidden_size": 16, "inner_size": 32, "n_layers": 1,
-        "n_heads": 2, "epochs": 4, "train_batch_size": 64, "eval_batch_size": 256,
-        "learning_rate": 0.01, "stopping_step": 20, "metrics": ["NDCG", "Hit"], "topk": [10],
-        "valid_metric": "NDCG@10", "state": "ERROR", "show_progress": False,
-        "checkpoint_dir": str(root / "saved"), "seed": 2020, "gpu_id": "", **DETERMINISTIC,
-    }
+def deterministic_config(root, **overrides):
+    """The conftest ``planted`` settings under ``root`` (module-scoped fixtures): 4 epochs, on the
+    CPU, without shuffling or dropout."""
+    config = dict(planted_config(root), epochs=4, gpu_id="", **DETERMINISTIC)
     config.update(overrides)
     return config
 
@@ -62,12 +54,12 @@ def forward_ofa_config(root, **overrides):
     """A small ForwardOFA (on the CPU unless ``overrides`` set ``gpu_id``): 3 blocks, 2 supernet
     + 2 controller/mapper epochs with the backbone frozen in stage 2 (DDP must be rebuilt for
     the smaller trainable set), and a small evolution over the elastic space for two budgets."""
-    config = planted_config(root, **overrides, n_blocks=3, supernet_epochs=2, epochs=2,
-                            backbone_lr_scale=0.0,
-                            metrics=["NDCG", "Hit", "MACs"], eval_batch_size=64,
-                            search_space="elastic", search_strategy="independent",
-                            search_budgets=[0.4, 0.7], search_population=6, search_parents=3,
-                            search_mutants=3, search_crossovers=3, search_generations=2)
+    config = deterministic_config(root, **overrides, n_blocks=3, supernet_epochs=2, epochs=2,
+                                  backbone_lr_scale=0.0,
+                                  metrics=["NDCG", "Hit", "MACs"], eval_batch_size=64,
+                                  search_space="elastic", search_strategy="independent",
+                                  search_budgets=[0.4, 0.7], search_population=6, search_parents=3,
+                                  search_mutants=3, search_crossovers=3, search_generations=2)
     config.pop("n_layers")
     return config
 
@@ -163,6 +155,7 @@ def assert_metrics_match(ddp, single):
     assert single["test"]["ndcg@10"] > 0.3  # it learned something: the comparison means a thing
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_forward_ofa_with_ranks_in_step(forward_ofa_runs):
     ddp, single, _ = forward_ofa_runs
     assert [r["rank"] for r in ddp] == [0, 1]
@@ -172,11 +165,13 @@ def test_two_gloo_processes_train_forward_ofa_with_ranks_in_step(forward_ofa_run
     assert_ranks_in_step(ddp, single)
 
 
+@pytest.mark.slow
 def test_two_process_metrics_match_one_process(forward_ofa_runs):
     ddp, single, _ = forward_ofa_runs
     assert_metrics_match(ddp, single)
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_the_checkpoint_reloads_in_one_process(forward_ofa_runs):
     ddp, _, root = forward_ofa_runs
     checkpoint = Path(ddp[0]["checkpoint"])
@@ -199,6 +194,7 @@ def test_only_rank_0_writes_and_the_checkpoint_reloads_in_one_process(forward_of
             assert float(result[name]) == pytest.approx(value, abs=1e-4), name
 
 
+@pytest.mark.slow
 def test_parallel_search_returns_the_serial_configs(forward_ofa_runs):
     ddp, _, _ = forward_ofa_runs
     assert ddp[0]["search"] == ddp[1]["search"] and len(ddp[0]["search"]) == 2
@@ -209,6 +205,7 @@ def test_parallel_search_returns_the_serial_configs(forward_ofa_runs):
     assert serial.settings["valid_evaluations"] == ddp[0]["search_evaluations"]
 
 
+@pytest.mark.slow
 def test_search_of_a_checkpoint_spread_over_two_processes(forward_ofa_runs):
     ddp, _, _ = forward_ofa_runs
     overrides = {"search_strategy": "bottom_up", "search_generations": 3}
@@ -241,6 +238,7 @@ def gpu_single(workdir):
     return record, config
 
 
+@pytest.mark.slow
 @needs_cuda
 @pytest.mark.parametrize("backend,nproc", [("nccl", 1), ("gloo", 2), ("nccl", 2)])
 def test_gpu_processes_train_like_one_gpu_process(workdir, gpu_single, backend, nproc):
@@ -271,9 +269,10 @@ def test_gpu_processes_train_like_one_gpu_process(workdir, gpu_single, backend, 
     assert float(result["ndcg@10"]) == pytest.approx(ddp[0]["test"]["ndcg@10"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_recbole_baseline_through_run_with_two_processes(workdir):
     root = workdir / "sasrec"
-    config = planted_config(root, epochs=3)
+    config = deterministic_config(root, epochs=3)
     ddp = run("SASRec", "planted", config_dict=config, nproc=2,
               port=str(distributed.free_port()))
     single = run("SASRec", "planted", config_dict=dict(config,
@@ -421,6 +420,7 @@ def test_bad_process_counts_are_clear_errors(planted):
         run("SASRec", dataset, config_dict=config, nproc=2, world_size=2, group_offset=1)
 
 
+@pytest.mark.slow
 def test_a_missing_rank_times_out_instead_of_hanging(planted):
     port = distributed.free_port()
     with pytest.raises(RuntimeError, match="did not form within dist_timeout"):

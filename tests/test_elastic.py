@@ -4,16 +4,18 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_FOFA
 from recbole.model.layers import FeedForward, TransformerLayer
 from torch import nn
 
+from recbole_fofa.model import Stage
 from recbole_fofa.model.layers import (
     AdaptiveFeedForward,
     AdaptiveTransformerBlock,
     BlockParams,
-    StructuralMapper,
     run_blocks,
 )
+from recbole_fofa.model.mapper import StructuralMapper
 from recbole_fofa.quick_start import prepare
 from recbole_fofa.subnet import SubnetConfig
 
@@ -124,10 +126,10 @@ def test_batch_wide_mask_runs_each_kept_block_once_on_the_whole_batch():
     x, mask = torch.randn(B, L, D), _causal()
     widths, heads = [4, 0, 16], [1, 0, 4]
     with torch.no_grad():
-        got = run_blocks(blocks, x, mask, torch.tensor([True, False, True]), None, None, False,
-                         widths, heads)
-        per_row = run_blocks(blocks, x, mask, torch.tensor([[True, False, True]] * B), None, None,
-                             False, widths, heads)
+        got = run_blocks(blocks, x, mask, torch.tensor([True, False, True]), widths=widths,
+                         heads=heads)
+        per_row = run_blocks(blocks, x, mask, torch.tensor([[True, False, True]] * B),
+                             widths=widths, heads=heads)
         assert calls == [(0, B), (2, B), (0, B), (2, B)]
         expected = blocks[2](blocks[0](x, mask, width=4, heads=1), mask, width=16, heads=4)
     assert torch.equal(got, expected) and torch.equal(per_row, expected)
@@ -161,15 +163,15 @@ def test_gradient_flows_only_into_the_sliced_parts():
 @pytest.fixture
 def elastic(planted):
     dataset, config = planted
-    config.update(n_blocks=3, rt_len=4, mapper_rank=4, mapper_hidden=16, supernet_subnets=3,
-                  hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    config.update(TINY_FOFA, supernet_subnets=3, hidden_dropout_prob=0.0,
+                  attn_dropout_prob=0.0)
     _, model, (train, _, test) = prepare("ForwardOFA", dataset, config_dict=config)
     return model, next(iter(train)), next(iter(test))[0]
 
 
 def _adapt(model):
     """Adapt stage with non-zero generated parameters."""
-    model.stage = "adapt"
+    model.stage = Stage.ADAPT
     for head in model.mapper.heads:
         nn.init.normal_(head[-1].weight, std=0.3)
     return model.eval()
@@ -234,9 +236,9 @@ def test_active_subnet_scores_every_user_with_cfg_and_restores(elastic):
     assert model.active_config is None
     torch.testing.assert_close(model.full_sort_predict(batch), before)
     with torch.no_grad():  # every user: the generated parameters of cfg's mask, at cfg's widths
-        z, _ = model.structure(seq, lengths)
-        expected = model._scores(model.encode_subnet(seq, lengths, cfg,
-                                                     model.generated_params(z, cfg)))
+        z, _ = model.code_and_logits(seq, lengths)
+        expected = model.scores(model.encode_subnet(seq, lengths, cfg,
+                                                    model.generated_params(z, cfg)))
     torch.testing.assert_close(scores, expected)
     assert not torch.allclose(scores, before)
 

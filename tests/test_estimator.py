@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import write_planted_dataset
+from conftest import planted_config
 
 from recbole_fofa.quick_start import prepare
 from recbole_fofa.search.estimator import (
@@ -54,15 +54,8 @@ class FixedStructure:
 def setup(tmp_path_factory):
     """(trainer, valid_data, fixed-structure double) of an untrained ForwardOFA, adapt stage."""
     root = tmp_path_factory.mktemp("estimator")
-    write_planted_dataset(root / "data")
-    config_dict = {
-        "data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"),
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "MAX_ITEM_LIST_LENGTH": 8, "hidden_size": 16, "inner_size": 32, "n_heads": 2,
-        "n_blocks": N_BLOCKS, "epochs": 0, "supernet_epochs": 0, "state": "ERROR",
-        "show_progress": False, "metrics": ["NDCG", "Hit"], "topk": [10],
-        "valid_metric": "NDCG@10", "metric_decimal_place": 12, "seed": 7,
-    }
+    config_dict = dict(planted_config(root), n_blocks=N_BLOCKS, epochs=0, supernet_epochs=0,
+                       metric_decimal_place=12, seed=7)
     config, model, (_, valid_data, _) = prepare("ForwardOFA", "planted", config_dict=config_dict)
     double = FixedStructure(model)
     model.active_subnet = double
@@ -237,19 +230,13 @@ def test_fit_predictor_offers_predict_only_when_it_ranks_well(setup):
         estimator.fit_predictor(space, 3, min_rank_corr=0.0)
 
 
-def test_real_active_subnet_of_the_full_supernet_is_the_supernet(tmp_path):
+def test_real_active_subnet_of_the_full_supernet_is_the_supernet(planted):
     """No test double: in the supernet stage the full config under active_subnet scores exactly
     like the supernet itself, and a smaller config reports its own MACs."""
-    write_planted_dataset(tmp_path / "data")
-    config_dict = {
-        "data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"),
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "MAX_ITEM_LIST_LENGTH": 8, "hidden_size": 16, "inner_size": 32, "n_heads": 2,
-        "n_blocks": N_BLOCKS, "supernet_epochs": 1, "state": "ERROR", "show_progress": False,
-        "metrics": ["NDCG", "MACs"], "topk": [10], "valid_metric": "NDCG@10",
-        "metric_decimal_place": 12,
-    }
-    config, model, (_, valid, _) = prepare("ForwardOFA", "planted", config_dict=config_dict)
+    dataset, config_dict = planted
+    config_dict.update(n_blocks=N_BLOCKS, supernet_epochs=1, metrics=["NDCG", "MACs"],
+                       metric_decimal_place=12)
+    config, model, (_, valid, _) = prepare("ForwardOFA", dataset, config_dict=config_dict)
     assert model.stage == "supernet"
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     plain = trainer.evaluate(valid, load_best_model=False)

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from conftest import TINY_FOFA
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from recbole_fofa import cost
+from recbole_fofa.model import Stage
 from recbole_fofa.quick_start import prepare
 from recbole_fofa.search.extract import SubnetModel, extract, subnet_state
 from recbole_fofa.subnet import SubnetConfig
@@ -20,7 +22,7 @@ CONFIGS = [
 @pytest.fixture
 def fofa(planted):
     dataset, config = planted
-    config.update(n_blocks=3, rt_len=4, mapper_rank=4, mapper_hidden=16)
+    config.update(TINY_FOFA)
     _, model, (_, _, test) = prepare("ForwardOFA", dataset, config_dict=config)
     torch.manual_seed(1)
     for block in model.blocks:  # weights far from initialisation, so slices matter
@@ -31,7 +33,7 @@ def fofa(planted):
 
 
 def _adapt(model):
-    model.stage = "adapt"
+    model.stage = Stage.ADAPT
     for head in model.mapper.heads:
         nn.init.normal_(head[-1].weight, std=0.3)
     return model
@@ -87,7 +89,7 @@ def test_user_extraction_folds_in_that_users_generated_parameters(fofa, cfg):
     assert not model.training  # extraction leaves the model's mode alone
     # z: the behaviour code computed beforehand (the cloud's path) gives the same sub-model
     with torch.no_grad():
-        z, _ = model.structure(seq[row : row + 1], lengths[row : row + 1])
+        z, _ = model.code_and_logits(seq[row : row + 1], lengths[row : row + 1])
         torch.testing.assert_close(extract(model, cfg, z=z)(seq[row : row + 1],
                                                             lengths[row : row + 1]),
                                    user[row : row + 1], atol=1e-5, rtol=1e-5)
@@ -98,7 +100,7 @@ def test_subnet_state_is_the_extracted_models_weights_without_building_one(fofa,
     model, seq, lengths = fofa
     _adapt(model)
     with torch.no_grad():
-        z, _ = model.structure(seq[:1], lengths[:1])
+        z, _ = model.code_and_logits(seq[:1], lengths[:1])
         gen = model.generated_params(z, cfg)
     state = subnet_state(model, cfg, gen)
     expected = extract(model, cfg, z=z).state_dict()

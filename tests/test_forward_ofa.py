@@ -2,18 +2,18 @@
 
 import pytest
 import torch
-from conftest import random_ndcg_at_10
+from conftest import TINY_FOFA, random_ndcg_at_10
 
-from recbole_fofa import Config, compat, cost, get_model, get_trainer, run_recbole_fofa
-from recbole_fofa.model import ForwardOFA
+from recbole_fofa import compat, cost, get_model, get_trainer, run_recbole_fofa
+from recbole_fofa.model import ForwardOFA, Stage
 from recbole_fofa.quick_start import prepare
 
 
 @pytest.fixture
 def fofa(planted):
     dataset, config = planted
-    config.update(n_blocks=3, rt_len=4, supernet_epochs=5, epochs=5, mapper_rank=4,
-                  mapper_hidden=16, metrics=["NDCG", "Hit", "MACs", "Blocks", "Params"])
+    config.update(TINY_FOFA, supernet_epochs=5, epochs=5,
+                  metrics=["NDCG", "Hit", "MACs", "Blocks", "Params"])
     return dataset, config
 
 
@@ -21,6 +21,7 @@ def _batch(cfg, data):
     return next(iter(data))
 
 
+@pytest.mark.slow
 def test_forward_ofa_learns_and_reports_its_structure(fofa):
     dataset, config = fofa
     result = run_recbole_fofa(model="ForwardOFA", dataset=dataset, config_dict=config)
@@ -81,6 +82,7 @@ def _mean_kept_blocks(dataset, config, weight):
                             saved=False)["test_result"]["blocks"]
 
 
+@pytest.mark.slow
 def test_larger_sparsity_weight_keeps_fewer_blocks(fofa):
     dataset, config = fofa
     assert _mean_kept_blocks(dataset, config, 20.0) < _mean_kept_blocks(dataset, config, 0.0)
@@ -90,7 +92,7 @@ def test_skipped_blocks_are_not_called_and_budgets_hold(fofa):
     dataset, config = fofa
     config["device_budget"] = 0.34  # one block of three
     cfg, model, (train, valid, test) = prepare("ForwardOFA", dataset, config_dict=config)
-    model.stage = "adapt"  # the controller's structures (a new model starts as a supernet)
+    model.stage = Stage.ADAPT  # the controller's structures (a new model starts as a supernet)
     rows_seen = [0] * model.n_blocks
 
     def counter(index):
@@ -121,7 +123,7 @@ def test_skipped_blocks_are_not_called_and_budgets_hold(fofa):
 def test_inference_is_one_forward_pass_without_gradients(fofa):
     dataset, config = fofa
     _, model, (_, _, test) = prepare("ForwardOFA", dataset, config_dict=config)
-    model.stage = "adapt"
+    model.stage = Stage.ADAPT
     model.eval()
     batch = next(iter(test))[0]
     before = [p.detach().clone() for p in model.parameters()]
@@ -167,6 +169,8 @@ def test_stage_two_scales_or_freezes_the_backbone(fofa):
         settings = dict(config, backbone_lr_scale=scale, supernet_epochs=0)
         cfg, model, _ = prepare("ForwardOFA", dataset, config_dict=settings)
         trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
+        assert all(p.requires_grad for p in model.parameters())  # building changes nothing
+        trainer.enter_stage(Stage.ADAPT)  # what fit does when stage 2 starts
         lrs = sorted(group["lr"] for group in trainer.optimizer.param_groups)
         frozen = [p for p in model.backbone_parameters() if not p.requires_grad]
         if scale == 0.0:
@@ -190,17 +194,6 @@ def test_invalid_values_raise_naming_the_key(fofa, key, value):
         prepare("ForwardOFA", dataset, config_dict=config)
 
 
-def test_plugin_yaml_documents_every_key():
-    config = Config(model="ForwardOFA", dataset="ml-100k")
-    for key in ["n_blocks", "rt_len", "extractor", "mapper_mode", "mapper_rank", "mapper_hidden",
-                "sparsity_weight", "keep_threshold", "tau_start", "tau_end", "tau_anneal_epochs",
-                "device_budget", "supernet_epochs", "supernet_subnets", "distill_weight",
-                "backbone_lr_scale", "n_candidates", "supernet_full_epochs",
-                "sparsity_target"]:
-        assert key in config
-    assert config["n_blocks"] == 6 and config["rt_len"] == 10
-
-
 def test_full_epochs_train_the_full_network_alone_then_the_sandwich(fofa):
     dataset, config = fofa
     cfg, model, (train, _, _) = prepare("ForwardOFA", dataset, config_dict=dict(
@@ -218,9 +211,11 @@ def test_full_epochs_train_the_full_network_alone_then_the_sandwich(fofa):
                           for sub in model.sample_subnets(step))
     assert model.calculate_loss(interaction).item() == pytest.approx(expected.item(), rel=1e-5)
 
+    cfg["supernet_epochs"], cfg["epochs"] = 4, 0
     trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
-    trainer._train_epoch(train, 3)
-    assert model.supernet_epoch == 3
+    trainer.fit(train, saved=False)
+    assert model.supernet_epoch == 3  # the trainer set the epoch it trained last
+    assert [epoch.stage for epoch in trainer.epoch_times] == ["supernet"] * 4
 
 
 def test_sparsity_target_penalises_only_the_excess_per_user(fofa):
@@ -228,11 +223,42 @@ def test_sparsity_target_penalises_only_the_excess_per_user(fofa):
     _, model, _ = prepare("ForwardOFA", dataset, config_dict=dict(config, sparsity_target=0.5))
     costs = model.block_costs / model.block_costs.sum()
     probs = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [1.0, 0.5, 0.0]], requires_grad=True)
-    excess = model.expected_cost_excess(probs)
+    excess = model.penalised_cost(probs)
     expected = (probs.detach() @ costs - 0.5).clamp(min=0)
     assert torch.allclose(excess, expected) and excess[0].item() == pytest.approx(0.5)
     assert excess[1].item() == 0.0
     excess.sum().backward()
     assert probs.grad[1].abs().sum() == 0 and (probs.grad[0] > 0).all()
     model.sparsity_target = None  # the paper's global penalty: every user's expected cost
-    assert torch.allclose(model.expected_cost_excess(probs.detach()), probs.detach() @ costs)
+    assert torch.allclose(model.penalised_cost(probs.detach()), probs.detach() @ costs)
+
+
+def test_training_statistics_stay_tensors_until_the_epoch_reads_them(fofa):
+    dataset, config = fofa
+    cfg, model, (train, _, _) = prepare("ForwardOFA", dataset, config_dict=config)
+    model.stage = Stage.ADAPT
+    model.train()
+    batch = _batch(cfg, train)
+    model.reset_kept_blocks()
+    for _ in range(2):
+        rec_loss, sparsity_loss = model.calculate_loss(batch)
+        (rec_loss + sparsity_loss).backward()
+    assert isinstance(model._kept_sum, torch.Tensor) and not model._kept_sum.requires_grad
+    assert model._kept_rows == 2 * len(batch)
+    assert 0.0 <= model.mean_kept_blocks() <= model.n_blocks
+
+
+def test_controller_none_fixes_every_block_and_penalises_nothing(fofa):
+    dataset, config = fofa
+    cfg, model, (train, _, _) = prepare("ForwardOFA", dataset,
+                                        config_dict=dict(config, controller="none"))
+    model.stage = Stage.ADAPT
+    model.train()
+    rec_loss, sparsity_loss = model.calculate_loss(_batch(cfg, train))
+    assert sparsity_loss.item() == 0.0 and model.mean_kept_blocks() == model.n_blocks
+    logits = torch.randn(4, model.n_blocks)
+    assert torch.equal(model.keep_probs(logits), torch.ones_like(logits))
+    model.eval()
+    batch = _batch(cfg, train)
+    _, mask, probs = model.eval_structure(batch["item_id_list"], batch["item_length"])
+    assert mask.all() and torch.equal(probs, torch.ones_like(probs))

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FOFA
 from torch import nn
 
+from recbole_fofa.model import Stage
 from recbole_fofa.model.layers import MAX_CODE_BLOCKS, group_by_structure
 from recbole_fofa.quick_start import prepare
 
@@ -15,11 +17,11 @@ N_BLOCKS = 6  # 63 structures: more than the 60 test users, so every row can hav
 def adapted(planted):
     """(model in the adapt stage with non-zero generated parameters, one test batch)."""
     dataset, config = planted
-    config.update(n_blocks=N_BLOCKS, rt_len=4, mapper_rank=4, mapper_hidden=16,
-                  hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    config.update(TINY_FOFA, n_blocks=N_BLOCKS, hidden_dropout_prob=0.0,
+                  attn_dropout_prob=0.0)
     _, model, (_, _, test) = prepare("ForwardOFA", dataset, config_dict=config)
     torch.manual_seed(0)
-    model.stage = "adapt"
+    model.stage = Stage.ADAPT
     for head in model.mapper.heads:
         nn.init.normal_(head[-1].weight, std=0.3)
     return model.eval(), next(iter(test))[0]
@@ -85,7 +87,7 @@ def test_grouped_scores_and_costs_equal_the_per_block_path(adapted, mix):
 def test_controller_structures_give_the_same_scores(adapted):
     model, batch = adapted
     with torch.no_grad():  # varied per-user structures from the real controller
-        z, _ = model.structure(batch["item_id_list"], batch["item_length"])
+        z, _ = model.code_and_logits(batch["item_id_list"], batch["item_length"])
         weight = torch.randn(N_BLOCKS, z.size(1))
         weight *= 3.0 / float(((z - z.mean(0)) @ weight.t()).std())  # logits of std 3 ...
         model.controller.linear.weight.copy_(weight)

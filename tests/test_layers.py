@@ -1,23 +1,20 @@
-"""Tests for recbole_fofa.model.layers (tiny sizes, CPU)."""
+"""Tests for the blocks, the structure controller and the structural mapper of
+recbole_fofa.model (tiny sizes, CPU)."""
 
 import pytest
 import torch
 from recbole.model.layers import FeedForward, TransformerLayer
 from torch import nn
 
-from recbole_fofa.model.layers import (
-    AdaptiveFeedForward,
-    AdaptiveTransformerBlock,
-    BlockParams,
-    StructuralMapper,
+from recbole_fofa.model.controller import (
     StructureController,
     deterministic_mask,
     gumbel_sigmoid,
     last_k,
-    merge_block_params,
     repair_to_budget,
-    run_blocks,
 )
+from recbole_fofa.model.layers import AdaptiveFeedForward, AdaptiveTransformerBlock, run_blocks
+from recbole_fofa.model.mapper import StructuralMapper
 
 D, DFF, N, R, H, HEADS, L, B = 8, 16, 4, 3, 12, 2, 5, 6
 
@@ -120,36 +117,6 @@ def test_zero_initialised_mapper_gives_plain_block():
     x, mask = torch.randn(B, L, D), _causal_mask()
     torch.testing.assert_close(block(x, mask, gens[2], mapper.factors(2)), block(x, mask),
                                atol=1e-6, rtol=1e-6)
-
-
-def test_merged_standalone_layer_reproduces_generated_block():
-    block = _block()
-    mapper = _mapper()
-    _randomise_last_layers(mapper)
-    gen = mapper(*_inputs())[3]
-    x, mask = torch.randn(B, L, D), _causal_mask()
-    out = block(x, mask, gen, mapper.factors(3))
-    assert not torch.allclose(out, block(x, mask), atol=1e-3)
-    for b in range(B):
-        plain = TransformerLayer(intermediate_size=DFF, **_block_args())
-        plain.load_state_dict(merge_block_params(block, gen.row(b), mapper.factors(3)))
-        torch.testing.assert_close(plain(x[b : b + 1], mask[b : b + 1]), out[b : b + 1],
-                                   atol=1e-5, rtol=1e-5)
-
-
-def test_merge_for_feed_forward_accepts_unbatched_row():
-    ffn = AdaptiveFeedForward(D, DFF, 0.0, "gelu", 1e-12)
-    mapper = _mapper()
-    _randomise_last_layers(mapper)
-    gen = mapper(*_inputs())[0]
-    row = BlockParams(gen.g1[2], gen.g2[2], gen.ln_scale[2], gen.ln_shift[2])
-    plain = FeedForward(D, DFF, 0.0, "gelu", 1e-12)
-    plain.load_state_dict(merge_block_params(ffn, row, mapper.factors(0)))
-    x = torch.randn(1, L, D)
-    torch.testing.assert_close(plain(x), ffn(x, gen.row(2), mapper.factors(0)),
-                               atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="one sample"):
-        merge_block_params(ffn, gen, mapper.factors(0))
 
 
 # --- StructuralMapper -------------------------------------------------------------------------
@@ -376,17 +343,17 @@ def test_run_blocks_eval_runs_only_kept_rows_and_matches_training_formula():
     gens = mapper(z, mask.float())
     factors = [mapper.factors(i) for i in range(N)]
     with torch.no_grad():
-        got = run_blocks(blocks, x, attn, mask, gens, factors, soft=False)
+        got = run_blocks(blocks, x, attn, mask, gens, factors)
     assert seen == {0: [5], 1: [], 2: [4], 3: [3]}
     for v in seen.values():
         v.clear()
     with torch.no_grad():
-        ref = run_blocks(blocks, x, attn, mask.float(), gens, factors, soft=True)
+        ref = run_blocks(blocks, x, attn, mask.float(), gens, factors, straight_through=True)
     assert seen == {i: [B] for i in range(N)}
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     # Rows that keep nothing pass through unchanged.
     empty = torch.zeros(B, N, dtype=torch.bool)
-    assert torch.equal(run_blocks(blocks, x, attn, empty, None, None, soft=False), x)
+    assert torch.equal(run_blocks(blocks, x, attn, empty), x)
 
 
 def test_run_blocks_training_mixes_with_soft_mask_and_backpropagates():
@@ -396,8 +363,34 @@ def test_run_blocks_training_mixes_with_soft_mask_and_backpropagates():
     m = gumbel_sigmoid(logits, tau=1.0)
     z, _ = _inputs()
     gens = mapper(z, m)
-    out = run_blocks(blocks, x, attn, m, gens, [mapper.factors(i) for i in range(N)], True)
+    out = run_blocks(blocks, x, attn, m, gens, [mapper.factors(i) for i in range(N)],
+                     straight_through=True)
     assert out.shape == (B, L, D)
     out.pow(2).sum().backward()
     assert logits.grad.abs().sum() > 0
     assert all(head[-1].weight.grad is not None for head in mapper.heads)
+
+
+def test_straight_through_mix_equals_the_formula_exactly():
+    """The fused mix gives the bits of ``m * block(h) + (1 - m) * h`` and of its gradients."""
+    blocks, mapper = _stack()
+    x, attn = torch.randn(B, L, D), _causal_mask(batch=1)
+    factors = [mapper.factors(i) for i in range(N)]
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(3)
+        logits = torch.randn(B, N, requires_grad=True)
+        hidden = x.clone().requires_grad_(True)
+        m = gumbel_sigmoid(logits, tau=1.0)
+        gens = mapper(torch.ones(B, D), m)
+        if fused:
+            out = run_blocks(blocks, hidden, attn, m, gens, factors, straight_through=True)
+        else:
+            out = hidden
+            for i in range(N):
+                keep = m[:, i].view(-1, 1, 1)
+                out = keep * blocks[i](out, attn, gens[i], factors[i]) + (1 - keep) * out
+        out.pow(2).sum().backward()
+        results.append((out.detach(), logits.grad, hidden.grad))
+    for fused, formula in zip(*results):
+        assert torch.equal(fused, formula)

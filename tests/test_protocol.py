@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_planted_dataset
+from conftest import TINY_FOFA, planted_config
 from torch import nn
 
 from recbole_fofa import cost
@@ -27,29 +27,18 @@ from recbole_fofa.analysis.protocol import (
 from recbole_fofa.experiment import train
 from recbole_fofa.search.extract import extract
 
-FOFA = dict(n_blocks=3, rt_len=4, supernet_epochs=1, epochs=2, mapper_rank=4, mapper_hidden=16)
+FOFA = dict(TINY_FOFA, supernet_epochs=1, epochs=2)
 C = 10
-
-
-def _planted_config(root):
-    """The ``planted`` fixture's config (module scope needs its own copy) for ForwardOFA."""
-    return {
-        "data_path": str(root / "data"), "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "MAX_ITEM_LIST_LENGTH": 8, "hidden_size": 16, "inner_size": 32, "n_heads": 2,
-        "train_batch_size": 64, "eval_batch_size": 256, "learning_rate": 0.01,
-        "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "state": "ERROR",
-        "show_progress": False, "checkpoint_dir": str(root / "saved"), "seed": 2020, **FOFA,
-    }
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocol")
-    write_planted_dataset(root / "data")
+    config = dict(planted_config(root), **FOFA)
     with pytest.MonkeyPatch.context() as patch, one_thread():
         patch.chdir(root)
         patch.setattr(sys, "argv", ["pytest"])
-        return train("ForwardOFA", "planted", config_dict=_planted_config(root))
+        return train("ForwardOFA", "planted", config_dict=config)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from recbole_fofa.config import default_config_file, properties_dir
 from recbole_fofa.quick_start import load_data_and_model, prepare
 
 
+@pytest.mark.slow
 def test_sasrec_learns_the_planted_pattern(planted):
     dataset, config = planted
     result = run_recbole_fofa(model="SASRec", dataset=dataset, config_dict=config)
@@ -45,6 +46,7 @@ def test_recbole_special_trainers_keep_their_behaviour():
     assert get_trainer(get_model("S3Rec").type, "S3Rec") is trainer  # built once
 
 
+@pytest.mark.slow
 def test_gru4rec_runs_through_the_plugin(planted):
     dataset, config = planted
     config.update(epochs=2, embedding_size=16)
@@ -155,6 +157,7 @@ def _write_cli_config(tmp_path, planted):
     return path
 
 
+@pytest.mark.slow
 def test_cli_runs_end_to_end(tmp_path, planted):
     path = _write_cli_config(tmp_path, planted)
     command = [sys.executable, "-m", "recbole_fofa", "--model=SASRec", "--dataset=planted",
@@ -173,6 +176,7 @@ def test_cli_runs_end_to_end(tmp_path, planted):
     assert logs and "epoch 1 training" in logs[0].read_text()  # --epochs=2 reached the config
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors(tmp_path, planted):
     path = _write_cli_config(tmp_path, planted)
     command = [sys.executable, "-m", "recbole_fofa", "--model=SASRec", "--dataset=planted",
@@ -182,6 +186,7 @@ def test_cli_reports_config_errors(tmp_path, planted):
     assert "`learning_rate` = -1" in done.stderr
 
 
+@pytest.mark.slow
 def test_checkpoints_and_logs_stay_in_the_working_directory(planted, isolated):
     dataset, config = planted
     config["epochs"] = 1

@@ -7,10 +7,14 @@ import textwrap
 
 import pytest
 import torch
-from conftest import latest_log_text
+from conftest import TINY_FOFA, latest_log_text
 
 from recbole_fofa import get_trainer
+from recbole_fofa.model import Stage
 from recbole_fofa.quick_start import load_data_and_model, prepare
+from recbole_fofa.trainer import load_checkpoint
+
+pytestmark = pytest.mark.slow  # trains a model per test or starts processes
 
 COST = ["NDCG", "Hit", "MACs", "Params", "Blocks"]
 
@@ -41,8 +45,7 @@ def _train(model_name, dataset, config):
 @pytest.mark.parametrize("model_name", ["ForwardOFA", "SASRec"])
 def test_reload_in_a_fresh_process_gives_the_scores_and_costs_of_training(planted, model_name):
     dataset, config = planted
-    config.update(epochs=2, supernet_epochs=1, n_blocks=3, rt_len=4, mapper_rank=4,
-                  mapper_hidden=16, metrics=COST)
+    config.update(TINY_FOFA, epochs=2, supernet_epochs=1, metrics=COST)
     trainer, model, _, expected = _train(model_name, dataset, config)
     done = subprocess.run([sys.executable, "-c", RELOAD, trainer.saved_model_file],
                           capture_output=True, text=True, timeout=300)
@@ -56,15 +59,50 @@ def test_reload_in_a_fresh_process_gives_the_scores_and_costs_of_training(plante
 
 def test_a_new_trainer_keeps_a_trained_models_stage(planted):
     dataset, config = planted
-    config.update(epochs=1, supernet_epochs=1, n_blocks=3, rt_len=4, mapper_rank=4,
-                  mapper_hidden=16)
+    config.update(TINY_FOFA, epochs=1, supernet_epochs=1, backbone_lr_scale=0.0,
+                  search_space="elastic")
     cfg, model, _ = prepare("ForwardOFA", dataset, config_dict=config)
-    assert model.stage == "supernet"  # a new model starts with the supernet stage
-    model.stage = "adapt"
+    assert model.stage is Stage.SUPERNET  # a new model starts with the supernet stage
+    model.stage = "adapt"  # a Stage or its string
+    assert model.stage is Stage.ADAPT
+    state = {k: t.clone() for k, t in model.state_dict().items()}
     trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
-    assert model.stage == "adapt" and trainer.epochs == cfg["epochs"]
+    assert model.stage is Stage.ADAPT and trainer.epochs == cfg["epochs"]
+    # building the trainer mutates nothing: weights, trainable flags, sampled space
+    assert all(torch.equal(t, state[k]) for k, t in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters()) and model.subnet_space is None
     cfg, model, _ = prepare("ForwardOFA", dataset, config_dict=dict(config, supernet_epochs=0))
-    assert model.stage == "adapt"
+    assert model.stage is Stage.ADAPT
+    with pytest.raises(ValueError, match=r"stage = 'finetune': use one of \['supernet', 'adapt'\]"):
+        model.stage = "finetune"
+
+
+def test_a_checkpoint_with_a_plain_string_stage_loads(planted):
+    dataset, config = planted
+    config.update(TINY_FOFA, epochs=1, supernet_epochs=1)
+    trainer, model, _, _ = _train("ForwardOFA", dataset, config)
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=False)
+    assert type(checkpoint["other_parameter"]["stage"]) is str  # no enum is pickled
+    checkpoint["other_parameter"]["stage"] = "adapt"  # as checkpoints before the enum stored it
+    _, fresh, _ = prepare("ForwardOFA", dataset, config_dict=config)
+    assert fresh.stage is Stage.SUPERNET
+    load_checkpoint(fresh, checkpoint)
+    assert fresh.stage is Stage.ADAPT
+    assert all(torch.equal(t, model.state_dict()[k]) for k, t in fresh.state_dict().items())
+
+
+def test_the_trainer_reports_epoch_times_and_the_stage1_backbone(planted):
+    dataset, config = planted
+    config.update(TINY_FOFA, epochs=2, supernet_epochs=1,
+                  backbone_lr_scale=0.0)  # stage 2 leaves the backbone
+    trainer, model, _, _ = _train("ForwardOFA", dataset, config)
+    assert [epoch.stage for epoch in trainer.epoch_times] == ["supernet", "adapt", "adapt"]
+    assert all(epoch.seconds > 0 for epoch in trainer.epoch_times)
+    backbone = model.backbone_state_dict()
+    assert trainer.stage1_backbone.keys() == backbone.keys()
+    assert all(torch.equal(trainer.stage1_backbone[k], t) for k, t in backbone.items())
+    sasrec, _, _, _ = _train("SASRec", dataset, dict(config, epochs=1))
+    assert [epoch.stage for epoch in sasrec.epoch_times] == ["train"]
 
 
 def _held_state(model):
@@ -82,8 +120,7 @@ def _held_state(model):
 @pytest.mark.parametrize("metrics", [["NDCG", "Hit"], COST], ids=["no-cost", "cost"])
 def test_serving_after_an_evaluation_accumulates_nothing(planted, metrics):
     dataset, config = planted
-    config.update(epochs=1, supernet_epochs=1, n_blocks=3, rt_len=4, mapper_rank=4,
-                  mapper_hidden=16, metrics=metrics)
+    config.update(TINY_FOFA, epochs=1, supernet_epochs=1, metrics=metrics)
     trainer, model, test, _ = _train("ForwardOFA", dataset, config)
     assert model._eval_masks is None  # the evaluation's recording ended with it
     batch = next(iter(test))[0]

@@ -7,6 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from recbole_fofa import checks
+from recbole_fofa.registry import shipped_defaults
 from recbole_fofa.search import (
     AUTO_EVOLUTION,
     STRATEGIES,
@@ -314,6 +316,36 @@ def test_settings_from_config_and_checks():
         SearchSettings(parents=200)
     with pytest.raises(ValueError, match="`search_generations` = 0"):
         SearchSettings(generations=0)
+
+
+def test_settings_defaults_are_the_yaml_ones():
+    defaults = shipped_defaults("ForwardOFA")
+    assert {f"search_{k}": v for k, v in SearchSettings().to_dict().items()} == {
+        key: defaults[key] for key in checks.EVOLUTION_KEYS}
+
+
+EDGES = (-1, 0, 1, 2, 25, 100, 2**20, 2**20 + 1, 0.0, 0.5, 1.0, 1.5, None, True, "3")
+
+
+@pytest.mark.parametrize("key", checks.EVOLUTION_KEYS)
+def test_settings_and_the_config_refuse_the_same_values(key):
+    """For every evolution key, a value one refuses the other refuses too (the config table's
+    rules and cross-rules are the settings' own)."""
+    base = dict(shipped_defaults("ForwardOFA"), model="ForwardOFA")
+    checks.check_keys(base)  # the shipped values pass
+    field = key[len("search_"):]
+    for value in checks.MODEL_CHECKS["ForwardOFA"][key].bad + EDGES:
+        try:
+            SearchSettings(**{field: value})
+            settings_refuse = False
+        except ValueError:
+            settings_refuse = True
+        try:
+            checks.check_keys(dict(base, **{key: value}))
+            config_refuses = False
+        except ValueError:
+            config_refuses = True
+        assert settings_refuse == config_refuses, (key, value)
 
 
 def test_tqdm_progress_bar_runs(capsys):

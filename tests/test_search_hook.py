@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import planted_config
 
 from recbole_fofa import Config, cli, run_recbole_fofa
 from recbole_fofa.checks import MODEL_CHECKS, SEARCH_SPACES, SEARCH_STRATEGIES, search_cost_bounds
@@ -130,7 +131,9 @@ def test_trainer_trains_the_configured_space(planted):
     for space, kind in (("block", type(None)), ("elastic", ElasticSpace)):
         dataset, config = forward_ofa(planted, search_space=space)
         config_obj, model, _ = prepare("ForwardOFA", dataset, config_dict=config)
-        get_trainer(config_obj["MODEL_TYPE"], "ForwardOFA")(config_obj, model)
+        trainer = get_trainer(config_obj["MODEL_TYPE"], "ForwardOFA")(config_obj, model)
+        assert isinstance(trainer.subnet_space, kind) and model.subnet_space is None
+        trainer.enter_stage("supernet")  # training starts: the model samples that space
         assert isinstance(model.subnet_space, kind)
 
 
@@ -143,19 +146,11 @@ def _json(config):
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     """A trained ForwardOFA searched by run_recbole_fofa: (result, config, JSON, checkpoint)."""
-    from conftest import write_planted_dataset
-
     root = tmp_path_factory.mktemp("hook")
-    write_planted_dataset(root / "data")
+    planted = ("planted", planted_config(root))
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        planted = ("planted", {
-            "data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"),
-            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "MAX_ITEM_LIST_LENGTH": 8, "hidden_size": 16, "inner_size": 32, "n_layers": 1,
-            "n_heads": 2, "train_batch_size": 64, "learning_rate": 0.01, "valid_metric":
-            "NDCG@10", "state": "ERROR", "show_progress": False, "seed": 2020})
         dataset, config = forward_ofa(planted, search_budgets=BUDGETS)
         result = run_recbole_fofa(model="ForwardOFA", dataset=dataset, config_dict=config)
     finally:
@@ -165,6 +160,7 @@ def searched(tmp_path_factory):
     return result, config, _json(config), str(checkpoints[0])
 
 
+@pytest.mark.slow
 def test_run_recbole_fofa_writes_the_search_json(searched):
     result, config, data, _ = searched
     assert set(result) == {"best_valid_score", "valid_score_bigger", "best_valid_result",
@@ -201,6 +197,7 @@ def test_run_recbole_fofa_writes_the_search_json(searched):
     assert [p["macs"] for p in front] == sorted(p["macs"] for p in front)
 
 
+@pytest.mark.slow
 def test_search_from_python_on_the_checkpoint_gives_the_same_configs(searched, isolated):
     _, config, data, checkpoint = searched
     config_obj, model, _, _, valid, test = load_data_and_model(checkpoint)
@@ -216,6 +213,7 @@ def test_search_from_python_on_the_checkpoint_gives_the_same_configs(searched, i
     assert [b["budget"] for b in _json(config_obj)["budgets"]] == [1.0]
 
 
+@pytest.mark.slow
 def test_cli_searches_a_checkpoint(searched, tmp_path):
     _, config, data, checkpoint = searched
     out = tmp_path / "cli"
@@ -237,6 +235,7 @@ def test_cli_searches_a_checkpoint(searched, tmp_path):
         cli.main(["--search"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("min_rank_corr", [-1.0, 1.0])
 def test_evolution_with_user_subsample_and_predictor(searched, isolated, min_rank_corr):
     _, _, _, checkpoint = searched

@@ -21,14 +21,14 @@ SHAPE = SupernetShape(seq_len=8, hidden_size=16, inner_size=32, n_heads=2, n_blo
 def spaces(shape=SHAPE):
     return [
         BlockSpace(shape),
-        ElasticSpace(shape, (0.25, 0.5, 0.75, 1.0), (1, 2), exhaustive_limit=10_000),
+        ElasticSpace(shape, (0.25, 0.5, 0.75, 1.0), (1, 2)),
         CompoundSpace(shape, (0.25, 0.5, 0.75, 1.0), (1, 1, 2, 2)),
     ]
 
 
 @pytest.mark.parametrize("space", spaces(), ids=lambda s: s.name)
 def test_size_and_enumerate(space):
-    configs = space.enumerate()
+    configs = space.enumerate(limit=10_000)
     expected = {"block": 2**4 - 1, "elastic": 9**4 - 1, "compound": 2**4 - 1}[space.name]
     assert space.size() == expected == len(configs) == len({c.key for c in configs})
     for config in configs:
@@ -45,7 +45,7 @@ def test_enumerate_refuses_above_the_limit():
 
 @pytest.mark.parametrize("space", spaces(), ids=lambda s: s.name)
 def test_costs_equal_the_cost_model_and_extremes(space):
-    configs = space.enumerate()
+    configs = space.enumerate(limit=10_000)
     breakdown = SHAPE.cost(configs)
     np.testing.assert_array_equal(space.cost(configs), breakdown.encoder_macs)
     np.testing.assert_array_equal(space.params(configs), breakdown.encoder_params)
@@ -60,7 +60,7 @@ def test_operators_never_produce_an_invalid_config(name):
     """Property test: sample, mutate, crossover, neighbours, grow and repair stay in the space
     (for compound: every kept block at the width and heads its number of kept blocks gives)."""
     space = {s.name: s for s in spaces()}[name]
-    macs = space.cost(space.enumerate())
+    macs = space.cost(space.enumerate(limit=10_000))
     for seed in range(150):
         rng = np.random.default_rng(seed)
         a, b = space.sample(rng), space.sample(rng)
@@ -182,9 +182,9 @@ def test_build_space_reads_the_config_keys():
     assert set(SPACES) == {"block", "elastic", "compound"}
     assert isinstance(build_space({}, SHAPE), BlockSpace)
     elastic = build_space({"search_space": "elastic", "width_choices": [0.5, 1.0],
-                           "head_choices": [2], "search_exhaustive_limit": 5}, SHAPE)
+                           "head_choices": [2]}, SHAPE)
     assert elastic.width_values == (16, 32) and elastic.head_values == (2,)
-    assert elastic.exhaustive_limit == 5 and elastic.size() == 3**4 - 1
+    assert elastic.size() == 3**4 - 1
     compound = build_space({"search_space": "compound", "compound_widths": [0.25, 0.5, 0.5, 1],
                             "compound_heads": [1, 2, 2, 2]}, SHAPE)
     assert compound.width_by_kept == (8, 16, 16, 32)
@@ -211,3 +211,18 @@ def test_block_space_matches_from_mask():
     space = BlockSpace(SHAPE)
     masks = [m for m in itertools.product([0, 1], repeat=4) if any(m)]
     assert {SHAPE.from_mask(m) for m in masks} == set(space.enumerate())
+
+
+def test_cheapest_sub_network_in_macs():
+    """4*L*d^2 + 2*L^2*d + 2*L*d*d_ff at full width (L=8, d=16, d_ff=32); one head of 8 units
+    and 8 feed-forward units: 3*L*d*a + 2*L^2*a + L*a*d + 2*L*d*f with a = f = 8."""
+    assert SHAPE.cheapest_macs() == 4 * 8 * 16**2 + 2 * 8**2 * 16 + 2 * 8 * 16 * 32 == 18432
+    one_small = 3 * 8 * 16 * 8 + 2 * 8**2 * 8 + 8 * 8 * 16 + 2 * 8 * 16 * 8
+    assert SHAPE.cheapest_macs("elastic", (0.25, 0.5, 1.0), (1, 2)) == one_small == 7168
+    # compound: one block at full width costs more than two small ones
+    assert SHAPE.cheapest_macs("compound", compound_widths=(1.0, 0.25, 0.5, 1.0),
+                               compound_heads=(2, 1, 1, 2)) == 2 * one_small
+    for space in spaces():
+        assert space.min_cost() == int(space.cost(space.smallest())[0])
+    with pytest.raises(ValueError, match="search space 'deep' is invalid"):
+        SHAPE.cheapest_macs("deep")

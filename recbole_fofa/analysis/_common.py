@@ -16,6 +16,7 @@ from tqdm import tqdm
 from recbole_fofa.checks import MODEL_CHECKS, is_int
 from recbole_fofa.config import Config
 from recbole_fofa.experiment import recbole_argv_cleared
+from recbole_fofa.utils import get_trainer
 
 MODEL = "ForwardOFA"
 
@@ -185,13 +186,11 @@ def fmt(value: float, digits: int = 4) -> str:
 
 # ----------------------------------------------------------------------------- RecBole evaluation
 def evaluation_trainer(model, data):
-    """A plugin :class:`~recbole_fofa.trainer.base.Trainer` on ``data``'s config that evaluates
-    ``model`` with RecBole's evaluation (metrics, topk, collector), as a training's own trainer
-    does; it never trains. The plain plugin trainer is used, not ForwardOFATrainer, whose
-    constructor would set the model's stage and freeze or unfreeze its backbone."""
-    from recbole_fofa.trainer.base import Trainer
-
-    return Trainer(data.config, model)
+    """The model's own plugin trainer on ``data``'s config, to evaluate ``model`` with RecBole's
+    evaluation (metrics, topk, collector) as a training does; it is never trained here (building
+    a trainer leaves the model as it is)."""
+    config = data.config
+    return get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
 
 def recbole_evaluate(trainer, data) -> Dict[str, float]:

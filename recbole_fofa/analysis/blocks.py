@@ -45,7 +45,8 @@ from recbole_fofa.analysis._common import (
     structure_stats,
     user_structures,
 )
-from recbole_fofa.model.layers import last_k
+from recbole_fofa.model import Stage
+from recbole_fofa.model.controller import last_k
 
 __all__ = ["run_blocks", "user_behaviour", "behaviour_by_blocks", "block_correlations",
            "DEFAULT_VARIATIONS", "STAGE2_KEYS", "DOMINANT_SHARE", "BEHAVIOUR_KEYS"]
@@ -118,7 +119,7 @@ def run_blocks(dataset, config_file_list=None, config_dict=None, output_dir="fof
                         MODEL, dataset, config_file_list,
                         run_config(config_dict, seed, **{key: value}),
                         supernet=trained.supernet,
-                        supernet_seconds=trained.epoch_seconds.get("supernet"),
+                        supernet_seconds=trained.epoch_seconds.get(Stage.SUPERNET.value),
                     )
                     measured[f"{key}={value}"].append(_measure(variant))
                     bar.update(1)

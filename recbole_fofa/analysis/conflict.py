@@ -40,7 +40,8 @@ from recbole_fofa.analysis._common import (
     run_config,
 )
 from recbole_fofa.checks import is_int
-from recbole_fofa.model.layers import last_k
+from recbole_fofa.model import Stage
+from recbole_fofa.model.controller import last_k
 
 __all__ = ["run_conflict", "block_gradients", "pair_sets", "SPLITS"]
 
@@ -83,7 +84,7 @@ def run_conflict(dataset, config_file_list=None, config_dict=None, output_dir="f
                 data = trained.test_data if split == "test" else trained.valid_data
                 if users is None:  # the first mode fixes the users, the interests and pairs
                     supernet = trained.supernet
-                    seconds = trained.epoch_seconds.get("supernet")
+                    seconds = trained.epoch_seconds.get(Stage.SUPERNET.value)
                     users = _sample_users(trained.model, data, n_users, seed)
                     table = (supernet["item_embedding.weight"] if supernet is not None
                              else trained.model.item_embedding.weight.detach())
@@ -190,7 +191,7 @@ def block_gradients(model, users):
             with torch.no_grad():
                 mask = model.eval_structure(seq, length)[1][0].cpu()
             with torch.enable_grad():
-                loss = F.cross_entropy(model._scores(model.forward(seq, length)),
+                loss = F.cross_entropy(model.scores(model.forward(seq, length)),
                                        users["target"][i : i + 1].to(device))
                 values = torch.autograd.grad(loss, unique, allow_unused=True)
             per_block = []

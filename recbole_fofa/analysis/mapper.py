@@ -40,6 +40,7 @@ from recbole_fofa.analysis._common import (
     user_structures,
 )
 from recbole_fofa.analysis.blocks import DOMINANT_SHARE
+from recbole_fofa.model import Stage
 from recbole_fofa.subnet import SubnetConfig
 
 __all__ = ["generated_off", "at_equal_structure", "run_mapper", "MAPPER_MODES", "MAX_COMMON"]
@@ -81,7 +82,7 @@ def generated_off(model):
 
 def generates(model) -> bool:
     """Whether ``model`` evaluates with generated parameters (a mapper, in the adapt stage)."""
-    return model.stage == "adapt" and model.mapper.mode != "none"
+    return model.stage is Stage.ADAPT and model.mapper.mode != "none"
 
 
 # ----------------------------------------------------------------------------- equal structure
@@ -242,7 +243,7 @@ def run_mapper(dataset, config_file_list=None, config_dict=None, output_dir="fof
             without = experiment.train(MODEL, dataset, config_file_list,
                                        run_config(config_dict, seed, mapper_mode="none"),
                                        supernet=trained.supernet,
-                                       supernet_seconds=trained.epoch_seconds.get("supernet"))
+                                       supernet_seconds=trained.epoch_seconds.get(Stage.SUPERNET.value))
             bar.update(1)
             runs.append((trained.model, without.model, trained.test_data,
                          trained.supernet is not None))

@@ -24,6 +24,7 @@ from recbole_fofa.analysis._common import (
     resolve_seeds,
     run_config,
 )
+from recbole_fofa.model import Stage
 
 __all__ = ["run_sparsity", "METRICS"]
 
@@ -60,7 +61,7 @@ def run_sparsity(dataset, config_file_list=None, config_dict=None, output_dir="f
                 )
                 if supernet is None:  # the first weight trained the seed's supernet
                     supernet = trained.supernet
-                    seconds = trained.epoch_seconds.get("supernet")
+                    seconds = trained.epoch_seconds.get(Stage.SUPERNET.value)
                 full_macs = float(trained.model.block_costs.sum())
                 results[weight].append(trained.evaluate(trained.test_data)[0])
                 bar.update(1)

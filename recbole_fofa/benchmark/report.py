@@ -1,5 +1,6 @@
-"""The benchmark's report: per-model means and deviations over seeds, a markdown table, a CSV of
-every run and a PNG of NDCG@10 against MACs."""
+"""The benchmark's report: per-model means and deviations over seeds, paired comparisons with a
+reference model, a markdown table, CSVs of every run and of the comparisons, and a PNG of NDCG@10
+against MACs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from recbole_fofa import plots
+from recbole_fofa.benchmark import stats
 from recbole_fofa.table import format_table
 
 __all__ = ["BenchmarkReport", "QUALITY", "COST"]
@@ -20,6 +22,8 @@ QUALITY = ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr@10"
 #: the cost columns (per user, on the device)
 COST = ["macs", "params", "blocks"]
 _TIMES = ["train_s_per_epoch", "eval_s_per_1k_users"]
+#: the metric whose comparison with the reference the printed table shows
+PRIMARY = "ndcg@10"
 
 
 def _stats(values):
@@ -48,6 +52,26 @@ class BenchmarkReport:
         self.records = records
         self.settings = settings
         self.files: Dict[str, str] = {}
+        self._comparisons = None
+
+    @property
+    def reference(self):
+        """The label every model is compared with (``settings["reference"]``), or None when it
+        has no finished run here."""
+        reference = self.settings.get("reference")
+        finished = {r["label"] for r in self.records if r["status"] == "ok"}
+        return reference if reference in finished else None
+
+    def comparisons(self) -> List[Dict[str, Any]]:
+        """Paired comparisons with :attr:`reference` for every quality metric
+        (:func:`recbole_fofa.benchmark.stats.compare`); empty without a reference."""
+        if self._comparisons is None:
+            self._comparisons = ([] if self.reference is None else
+                                 stats.compare(self.records, self.reference, QUALITY))
+        return self._comparisons
+
+    def _primary_comparisons(self):
+        return {row["model"]: row for row in self.comparisons() if row["metric"] == PRIMARY}
 
     # ------------------------------------------------------------------ aggregation
     def labels(self):
@@ -96,10 +120,14 @@ class BenchmarkReport:
     # ------------------------------------------------------------------ tables
     def table(self, style: str = "text") -> str:
         """Mean ± standard deviation over seeds per model; seconds are per training epoch and
-        per 1,000 evaluated users."""
+        per 1,000 evaluated users; with a reference, each model's paired NDCG@10 difference from
+        it with the 95% interval over seeds, the verdict and the minimum detectable difference."""
         columns = ["model", "seeds", "NDCG@10", "NDCG@5", "NDCG@20", "Hit@10", "Hit@5",
                    "Hit@20", "MRR@10", "MACs", "Params", "Blocks", "train s/epoch",
                    "eval s/1k users"]
+        compared = self._primary_comparisons()
+        if self.reference is not None:
+            columns += [f"NDCG@10 - {self.reference} [95% CI]", "verdict", "MDE"]
         rows = []
         for row in self.summary():
             cells = [row["label"], f"{row['seeds_ok']}/{row['seeds']}"]
@@ -109,8 +137,19 @@ class BenchmarkReport:
                       None if math.isnan(row["blocks_mean"]) else f"{row['blocks_mean']:.2f}",
                       _pm(row["train_s_per_epoch_mean"], row["train_s_per_epoch_std"], 1),
                       _pm(row["eval_s_per_1k_users_mean"], row["eval_s_per_1k_users_std"], 3)]
+            if self.reference is not None:
+                cells += _comparison_cells(compared.get(row["label"]), row["label"] ==
+                                           self.reference)
             rows.append(cells)
         return format_table(rows, columns, style=style)
+
+    def comparison_table(self, style: str = "text") -> str:
+        rows = [[c["model"], c["metric"], c["n_seeds"], _signed(c["mean_diff"]),
+                 _interval(c["ci_low"], c["ci_high"]), _p(c["p_value"]), c["verdict"],
+                 _signed(c["mde"]).lstrip("+"), _ratio(c["macs_ratio"]), c["users_significant"]]
+                for c in self.comparisons()]
+        return format_table(rows, ["model", "metric", "seeds", "mean diff", "95% CI", "p",
+                                   "verdict", "MDE", "MACs ratio", "users p<0.05"], style=style)
 
     def search_table(self, style: str = "text") -> str:
         rows = [[p["budget"], p["kind"], _pm(p["ndcg@10_mean"], p["ndcg@10_std"]),
@@ -180,6 +219,15 @@ class BenchmarkReport:
             "the device (FLOPs = 2 x MACs); seconds per training epoch and per 1,000 test users",
             "", self.table("markdown"), "",
         ]
+        if self.comparisons():
+            lines += [f"## Paired comparisons with {self.reference}", "",
+                      "Per metric: the mean of the per-seed differences (model - reference) with "
+                      "its 95% t interval over seeds and the paired t test's p; the verdict is "
+                      "better/worse only when the interval excludes 0; MDE is the smallest "
+                      "difference these seeds detect with 80% power; users: per-seed paired "
+                      "permutation tests over the same test users significant at 5% "
+                      "(comparisons.csv has every column).", "",
+                      self.comparison_table("markdown"), ""]
         if self.search_points():
             lines += ["## ForwardOFA at the search budgets", "", self.search_table("markdown"),
                       ""]
@@ -190,7 +238,8 @@ class BenchmarkReport:
         return "\n".join(lines)
 
     def write(self, output_dir) -> BenchmarkReport:
-        """``benchmark.png``, ``benchmark.csv`` and ``benchmark.md`` in ``output_dir``."""
+        """``benchmark.png``, ``benchmark.csv``, ``comparisons.csv`` (with a reference) and
+        ``benchmark.md`` in ``output_dir``."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         self.files["png"] = str(self.plot(output_dir / "benchmark.png"))
@@ -201,6 +250,39 @@ class BenchmarkReport:
             writer.writeheader()
             writer.writerows(rows)
         self.files["csv"] = str(output_dir / "benchmark.csv")
+        if self.comparisons():
+            self.files["comparisons"] = str(stats.write_comparisons(
+                self.comparisons(), output_dir / "comparisons.csv"))
         (output_dir / "benchmark.md").write_text(self.markdown())
         self.files["md"] = str(output_dir / "benchmark.md")
         return self
+
+
+def _signed(value, digits=4):
+    return "-" if value is None or math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def _interval(low, high, digits=4):
+    if math.isnan(low) or math.isnan(high):
+        return "-"
+    return f"[{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _p(value):
+    return "-" if math.isnan(value) else f"{value:.3g}"
+
+
+def _ratio(value):
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
+def _comparison_cells(comparison, is_reference):
+    """The table's comparison cells of one model: the difference with its interval, the verdict
+    and the minimum detectable difference."""
+    if is_reference:
+        return ["(reference)", "", ""]
+    if comparison is None:
+        return ["-", "", ""]
+    return [f"{_signed(comparison['mean_diff'])} "
+            f"{_interval(comparison['ci_low'], comparison['ci_high'])}", comparison["verdict"],
+            _signed(comparison["mde"]).lstrip("+")]

@@ -23,7 +23,9 @@ import torch
 from tqdm import tqdm
 
 from recbole_fofa import experiment
+from recbole_fofa.benchmark.report import BenchmarkReport
 from recbole_fofa.config import Config
+from recbole_fofa.model import Stage
 
 __all__ = ["Variant", "default_variants", "resolve_variants", "run_benchmark", "RUN_METRICS",
            "SEARCH_BUDGETS"]
@@ -95,6 +97,19 @@ def resolve_variants(names: Sequence[str], n_blocks: int) -> List[Variant]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"benchmark models: {labels} names a model twice")
     return variants
+
+
+def check_reference(reference, variants, n_blocks):
+    """The label the report compares every model with: ``reference``, which must be one of the
+    benchmark's models, or by default SASRec at ForwardOFA's depth when it runs (else None)."""
+    labels = [v.label for v in variants]
+    if reference is None:
+        default = f"SASRec-{n_blocks}"
+        return default if default in labels else None
+    if reference not in labels:
+        raise ValueError(f"benchmark reference {reference!r} is not one of the benchmark's "
+                         f"models {labels}: add it to --model or pick one of them")
+    return reference
 
 
 def _file_stem(label: str, seed: int) -> str:
@@ -180,7 +195,8 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             supernet_seconds=None if shared is None else shared["seconds"],
         )
         if variant.shares_supernet and shared is None and trained.supernet is not None:
-            supernets.store(seed, trained.supernet, trained.epoch_seconds.get("supernet", []))
+            supernets.store(seed, trained.supernet,
+                            trained.epoch_seconds.get(Stage.SUPERNET.value, []))
         trained.evaluate(trained.test_data)  # first call: cost measurement and warm-up
         test, eval_seconds = trained.evaluate(trained.test_data)
         users = len(trained.test_data._dataset)
@@ -192,6 +208,9 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             epoch_seconds=trained.mean_epoch_seconds(),
             train_s_per_epoch=sum(seconds) / len(seconds) if seconds else math.nan,
             supernet_shared=shared is not None,
+            # how each stage ended, and the per-user test values the comparisons pair
+            training=trained.trainer.training_summary(),
+            per_user=trained.trainer.per_user_results(),
         )
         if variant.label == "ForwardOFA" and search_budgets:
             try:  # a failed search leaves the trained run's row intact
@@ -232,6 +251,7 @@ def run_benchmark(
     output_dir="fofa-benchmark",
     search_budgets: Sequence[Any] | None = None,
     progress: bool = True,
+    reference: str | None = None,
 ):
     """Run every model over every seed (finished runs in ``output_dir/runs`` are skipped) and
     write the report; returns the :class:`~recbole_fofa.benchmark.report.BenchmarkReport`.
@@ -240,8 +260,6 @@ def run_benchmark(
     ``search_budgets``: the ForwardOFA run's search (default: the config's ``search_budgets``,
     else :data:`SEARCH_BUDGETS`; ``[]`` searches nothing).
     """
-    from recbole_fofa.benchmark.report import BenchmarkReport
-
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"benchmark seeds: {seeds}; give one or more distinct integers")
@@ -255,6 +273,7 @@ def run_benchmark(
         budget, n_blocks = epoch_budget(dataset, config_file_list, common)
         variants = (default_variants(n_blocks) if not models
                     else resolve_variants(list(models), n_blocks))
+        reference = check_reference(reference, variants, n_blocks)
         if search_budgets is None:
             search_budgets = configured_budgets or SEARCH_BUDGETS
         supernets = _Supernets(output_dir / "supernets",
@@ -279,7 +298,7 @@ def run_benchmark(
     settings = {"dataset": dataset, "config_files": config_file_list or [],
                 "overrides": common, "seeds": seeds, "epoch_budget": budget,
                 "models": [asdict(v) for v in variants],
-                "search_budgets": list(search_budgets)}
+                "search_budgets": list(search_budgets), "reference": reference}
     return BenchmarkReport(records, settings).write(output_dir)
 
 

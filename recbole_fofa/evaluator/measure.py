@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from recbole.utils import ModelType
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from recbole_fofa import cost
 from recbole_fofa.cost import CostNotMeasurableError, ModelCost
@@ -111,9 +113,6 @@ def one_row_interaction(data):
 
 def _measure(fn: Callable, *args, **kwargs) -> Tuple[int, Tuple[str, ...]]:
     """(MACs counted by FlopCounterMode, heavy ops it saw but could not count)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode, flop_registry
-
     class _OpRecorder(TorchDispatchMode):
         def __init__(self):
             super().__init__()

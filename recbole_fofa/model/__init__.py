@@ -1,5 +1,5 @@
-"""Forward-OFA: the model and its layers."""
+"""Forward-OFA: the model, its structure controller, structural mapper and blocks."""
 
-from recbole_fofa.model.forward_ofa import ForwardOFA
+from recbole_fofa.model.forward_ofa import ForwardOFA, Stage
 
-__all__ = ["ForwardOFA"]
+__all__ = ["ForwardOFA", "Stage"]

@@ -26,7 +26,9 @@ to the controller, both for the duration of a ``with`` block.
 
 import contextlib
 import math
+from enum import Enum
 from numbers import Real
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -36,20 +38,51 @@ from recbole.model.loss import BPRLoss
 from torch import nn
 
 from recbole_fofa import checks, cost
-from recbole_fofa.model.layers import (
-    AdaptiveTransformerBlock,
-    StructuralMapper,
+from recbole_fofa.model.controller import (
     StructureController,
     deterministic_mask,
-    group_by_structure,
     gumbel_sigmoid,
     last_k,
     repair_to_budget,
-    run_blocks,
 )
+from recbole_fofa.model.layers import AdaptiveTransformerBlock, group_by_structure, run_blocks
+from recbole_fofa.model.mapper import StructuralMapper
 from recbole_fofa.subnet import SubnetConfig, SupernetShape
 
-STAGES = ("supernet", "adapt")
+
+class Stage(str, Enum):
+    """ForwardOFA's training stage: the supernet (stage 1), then controller + mapper (stage 2).
+
+    A ``str``: ``Stage.ADAPT == "adapt"``, and a stage read from an old checkpoint (a plain
+    string) is coerced by :attr:`ForwardOFA.stage`.
+    """
+
+    SUPERNET = "supernet"
+    ADAPT = "adapt"
+
+    def __str__(self):
+        return self.value
+
+    @classmethod
+    def of(cls, value):
+        """``value`` (a Stage or its string) as a Stage; a ValueError names the allowed values."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"stage = {value!r}: use one of {[s.value for s in cls]}") from None
+
+
+class Encoded(NamedTuple):
+    """One forward pass of a batch (:meth:`ForwardOFA._encode_batch`)."""
+
+    #: user representations [B, d]
+    user: torch.Tensor
+    #: the structure each row ran [B, n]: 0/1 floats (straight-through) while a controller
+    #: trains, else bool
+    mask: torch.Tensor
+    #: keep probabilities [B, n] the sparsity term penalises; None where no learned structure
+    #: decides (supernet stage, a fixed sub-network, ``controller: none`` while training)
+    probs: Optional[torch.Tensor]
 
 
 class ForwardOFA(SequentialRecommender):
@@ -111,10 +144,10 @@ class ForwardOFA(SequentialRecommender):
             "block_costs", torch.as_tensor(self.shape.block_macs(), dtype=torch.float32),
             persistent=False,
         )
-        self.device_budget = self._budget_macs(config["device_budget"])
+        self.device_budget = self.budget_in_macs(config["device_budget"], key="device_budget")
 
         # A new model starts where training starts; a loaded one keeps its saved stage.
-        self.stage = "supernet" if config["supernet_epochs"] > 0 else "adapt"
+        self.stage = Stage.SUPERNET if config["supernet_epochs"] > 0 else Stage.ADAPT
         self.tau = config["tau_start"]
         # Supernet steps taken so far: with a subnet_space, step t samples from rng(seed, t), and
         # a resumed run continues the sequence.
@@ -127,9 +160,22 @@ class ForwardOFA(SequentialRecommender):
         self._subnet_space = None
         self._active = None  # the SubnetConfig inside `active_subnet`
         self._eval_masks = None  # a list while an evaluation records per-user structures
-        self.reset_train_stats()
+        self.reset_kept_blocks()
         self.apply(self._init_weights)
         self.mapper.reset_parameters()  # generated deltas start at exactly zero
+
+    @property
+    def stage(self) -> Stage:
+        """The training stage (:class:`Stage`); set from a Stage or its string."""
+        return self._stage
+
+    @stage.setter
+    def stage(self, value):
+        self._stage = Stage.of(value)
+
+    def other_parameter(self):
+        """What a checkpoint keeps beside the weights; the stage as its plain string."""
+        return {"stage": self.stage.value, "supernet_step": self.supernet_step}
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
@@ -141,16 +187,29 @@ class ForwardOFA(SequentialRecommender):
         """
         checks.check_keys(config, "ForwardOFA")
 
-    def _budget_macs(self, budget):
-        """``device_budget`` in MACs (None for no budget): see :meth:`SupernetShape.budget_macs`."""
+    @property
+    def controller_min_macs(self):
+        """The smallest budget the per-user controller can meet: one full block's MACs."""
+        return self.shape.cheapest_macs()
+
+    def budget_in_macs(self, budget, key=None):
+        """A per-user budget in MACs as the controller applies it (None: no budget).
+
+        ``key`` (config key ``device_budget``): a fraction of the full encoder or a string with a
+        unit, read by :meth:`SupernetShape.budget_macs`. Without it (:meth:`budget`): MACs as a
+        number or a string. A ValueError when it is below one full block: the controller drops
+        whole blocks.
+        """
         if budget is None:
             return None
-        return self._controller_budget(self.shape.budget_macs(budget, "device_budget"),
-                                       f"config key `device_budget` = {budget!r}")
-
-    def _controller_budget(self, macs, what):
-        """``macs`` as a float if the per-user controller can meet it (one full block), else a
-        ValueError naming ``what``: the controller drops whole blocks."""
+        if key is not None or isinstance(budget, str):
+            what = f"config key `{key or 'device_budget'}` = {budget!r}"
+            macs = self.shape.budget_macs(budget, key or "device_budget")
+        elif isinstance(budget, bool) or not isinstance(budget, Real) or not math.isfinite(budget):
+            raise ValueError(f"budget(): expected MACs (a number), a string such as "
+                             f"'400K MACs', or None; got {budget!r}")
+        else:
+            what, macs = f"budget({budget!r})", budget
         cheapest = self.controller_min_macs
         if macs < cheapest:
             raise ValueError(
@@ -187,21 +246,64 @@ class ForwardOFA(SequentialRecommender):
         return {name: tensor.detach().clone() for name, tensor in self.state_dict().items()
                 if self.is_backbone(name)}
 
-    # ------------------------------------------------------------------ network
+    # ------------------------------------------------------------------ the method
+    # controller -> structure -> mapper -> blocks
     def embed(self, item_seq):
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
         hidden = self.item_embedding(item_seq) + self.position_embedding(positions)
         return self.dropout(self.LayerNorm(hidden))
 
-    def structure(self, item_seq, item_seq_len):
-        """Behaviour code z [B, d] and block logits [B, n] from the last ``rt_len`` items."""
+    def code_and_logits(self, item_seq, item_seq_len):
+        """The controller's behaviour code z [B, d] and block logits [B, n] from the last
+        ``rt_len`` items."""
         recent, recent_len = last_k(item_seq, item_seq_len, self.rt_len)
         return self.controller(self.item_embedding(recent), recent_len)
 
-    def encode(self, item_seq, item_seq_len, mask, soft, gen=None, widths=None, heads=None):
+    def keep_probs(self, logits):
+        """Keep probabilities [B, n] of block logits [B, n]: ``sigmoid(logits)``; with
+        ``controller: none`` every block is kept (p = 1)."""
+        return self._decide(logits, sample=False)[1]
+
+    def _decide(self, logits, *, sample):
+        """(structure [B, n], keep probabilities [B, n]) from block logits; the one place that
+        knows ``controller: none`` (every block kept, p = 1, nothing learned or penalised).
+
+        ``sample``: a straight-through Gumbel-sigmoid structure (training), whose probabilities
+        are None under ``controller: none``. Otherwise only the probabilities are computed (the
+        structure is None): :meth:`structure_of` makes them a deterministic mask.
+        """
+        if self.controller_mode == "none":
+            fixed = torch.ones_like(logits)
+            return (fixed, None) if sample else (None, fixed)
+        probs = torch.sigmoid(logits)
+        return (gumbel_sigmoid(logits, self.tau, hard=True) if sample else None), probs
+
+    def structure_of(self, behaviours, lengths):
+        """Deterministic structure of behaviour embeddings ``behaviours`` [B, k, d] (right-padded,
+        ``lengths`` [B]): (z [B, d], kept mask [B, n] bool, keep probabilities [B, n]).
+
+        Keep block l iff p_l >= ``keep_threshold`` (a row keeping none keeps its most probable
+        block), then under ``device_budget`` drop the least probable kept blocks until it fits.
+        """
+        z, logits = self.controller(behaviours, lengths)
+        probs = self.keep_probs(logits)
+        mask = deterministic_mask(probs, self.keep_threshold)
+        if self.device_budget is not None:
+            mask = repair_to_budget(mask, probs, self.block_costs, self.device_budget)
+        return z, mask, probs
+
+    def eval_structure(self, item_seq, item_seq_len):
+        """Deterministic per-user structure of item sequences: (z, kept mask [B, n] bool, keep
+        probabilities), :meth:`structure_of` the last ``rt_len`` items."""
+        recent, recent_len = last_k(item_seq, item_seq_len, self.rt_len)
+        return self.structure_of(self.item_embedding(recent), recent_len)
+
+    def encode(self, item_seq, item_seq_len, mask, *, gen=None, straight_through=False,
+               widths=None, heads=None):
         """User representations [B, d] through the blocks that ``mask`` ([B, n] or batch-wide
         [n]) keeps, kept block l at feed-forward width ``widths[l]`` with ``heads[l]`` heads
-        (None: full)."""
+        (None: full). ``straight_through``: every block runs on every row and the 0/1 mask mixes
+        its output in, so gradients reach the controller (:func:`run_blocks`)."""
         hidden = run_blocks(
             self.blocks,
             self.embed(item_seq),
@@ -209,16 +311,16 @@ class ForwardOFA(SequentialRecommender):
             mask,
             gen,
             [self.mapper.factors(block) for block in range(self.n_blocks)],
-            soft,
-            widths,
-            heads,
+            straight_through=straight_through,
+            widths=widths,
+            heads=heads,
         )
         return self.gather_indexes(hidden, item_seq_len - 1)
 
     def generated_params(self, z, cfg):
         """The mapper's per-user parameters for the fixed structure ``cfg`` (behaviour codes z
         [B, d]), or None in the supernet stage (whose network has no generated parameters)."""
-        if self.stage == "supernet":
+        if self.stage is Stage.SUPERNET:
             return None
         mask = torch.tensor(cfg.mask, dtype=z.dtype, device=z.device).expand(z.size(0), -1)
         kept = [index for index, keep in enumerate(cfg.mask) if keep]
@@ -229,7 +331,8 @@ class ForwardOFA(SequentialRecommender):
         kept block runs once on the whole batch at its width (no per-row gathers)."""
         # a batch-wide mask only lists the kept blocks: kept on the host, no device copy or sync
         mask = torch.tensor(cfg.mask, dtype=torch.bool)
-        return self.encode(item_seq, item_seq_len, mask, False, gen, cfg.widths, cfg.heads)
+        return self.encode(item_seq, item_seq_len, mask, gen=gen, widths=cfg.widths,
+                           heads=cfg.heads)
 
     def encode_grouped(self, item_seq, item_seq_len, z, mask):
         """User representations [B, d] of per-user structures (``mask`` [B, n] bool, behaviour
@@ -252,68 +355,48 @@ class ForwardOFA(SequentialRecommender):
         gen = self.mapper(z, structure.expand(z.size(0), -1), blocks=blocks)
         keep = torch.zeros(self.n_blocks, dtype=torch.bool)
         keep[blocks] = True
-        return self.encode(item_seq, item_seq_len, keep, False, gen)
+        return self.encode(item_seq, item_seq_len, keep, gen=gen)
 
-    def eval_structure(self, item_seq, item_seq_len):
-        """Deterministic per-user structure: (z, kept mask [B, n] bool, keep probabilities)."""
-        z, logits = self.structure(item_seq, item_seq_len)
-        probs = self._keep_probs(logits)
-        mask = deterministic_mask(probs, self.keep_threshold)
-        if self.device_budget is not None:
-            mask = repair_to_budget(mask, probs, self.block_costs, self.device_budget)
-        return z, mask, probs
+    def _encode_batch(self, item_seq, item_seq_len) -> Encoded:
+        """The network the model is set to run, on one batch.
 
-    def _keep_probs(self, logits):
-        """Keep probabilities [B, n]; with ``controller: none`` every block is kept (p = 1)."""
-        if self.controller_mode == "none":
-            return torch.ones_like(logits)
-        return torch.sigmoid(logits)
-
-    def forward(self, item_seq, item_seq_len):
-        """User representations [B, d] of the current stage's network (one forward pass).
-
-        Training ``adapt``: Gumbel-sigmoid structures (straight-through) and generated params;
-        evaluation ``adapt``: deterministic structures, only kept blocks run (rows grouped by
-        structure, or per block: ``eval_grouping``); ``supernet``: the full network.
+        A fixed sub-network inside :meth:`active_subnet`; the full network in the supernet stage
+        (the same dense path in training and evaluation); in the adapt stage each user's
+        structure: a straight-through Gumbel-sigmoid sample with generated parameters while
+        training, the deterministic structure at evaluation (only kept blocks run: rows grouped
+        by structure, or per block, ``eval_grouping``).
         """
         if self._active is not None:
-            return self._forward_fixed(item_seq, item_seq_len, self._active)
-        if self.stage == "supernet":
-            full = torch.ones(item_seq.size(0), self.n_blocks, dtype=torch.bool,
-                              device=item_seq.device)
-            if not self.training:
-                self._record(full)
-            return self.encode(item_seq, item_seq_len, full, soft=False)
+            return self._encode_fixed(item_seq, item_seq_len, self._active)
+        if self.stage is Stage.SUPERNET:
+            return self._encode_fixed(item_seq, item_seq_len, self.shape.full())
         if self.training:
-            z, logits = self.structure(item_seq, item_seq_len)
-            if self.controller_mode == "none":
-                mask = torch.ones_like(logits)
-            else:
-                mask = gumbel_sigmoid(logits, self.tau, hard=True)
-            self._last_probs = self._keep_probs(logits)
-            self._train_kept_sum += float(mask.detach().sum())
-            self._train_rows += mask.size(0)
-            return self.encode(item_seq, item_seq_len, mask, soft=True, gen=self.mapper(z, mask))
-        z, mask, _ = self.eval_structure(item_seq, item_seq_len)
-        self._record(mask)
+            z, logits = self.code_and_logits(item_seq, item_seq_len)
+            mask, probs = self._decide(logits, sample=True)
+            user = self.encode(item_seq, item_seq_len, mask, gen=self.mapper(z, mask),
+                               straight_through=True)
+            return Encoded(user, mask, probs)
+        z, mask, probs = self.eval_structure(item_seq, item_seq_len)
         if self.eval_grouping == "structure":
-            return self.encode_grouped(item_seq, item_seq_len, z, mask)
+            return Encoded(self.encode_grouped(item_seq, item_seq_len, z, mask), mask, probs)
         kept = mask.any(dim=0).nonzero().flatten().tolist()
         gen = self.mapper(z, mask.to(z.dtype), blocks=kept)
-        return self.encode(item_seq, item_seq_len, mask, soft=False, gen=gen)
+        return Encoded(self.encode(item_seq, item_seq_len, mask, gen=gen), mask, probs)
 
-    def _forward_fixed(self, item_seq, item_seq_len, cfg):
+    def _encode_fixed(self, item_seq, item_seq_len, cfg) -> Encoded:
         """Every row through ``cfg``; in the adapt stage with each user's generated parameters,
         conditioned on ``cfg``'s mask as the structure vector."""
         gen = None
-        if self.stage != "supernet":
-            z, _ = self.structure(item_seq, item_seq_len)
+        if self.stage is not Stage.SUPERNET:
+            z, _ = self.code_and_logits(item_seq, item_seq_len)
             gen = self.generated_params(z, cfg)
-        if not self.training:
-            batch = item_seq.size(0)
-            mask = torch.tensor(cfg.mask, dtype=torch.bool).expand(batch, -1)
-            self._record(mask, cfg.widths, cfg.heads)
-        return self.encode_subnet(item_seq, item_seq_len, cfg, gen)
+        mask = torch.tensor(cfg.mask, dtype=torch.bool).expand(item_seq.size(0), -1)
+        return Encoded(self.encode_subnet(item_seq, item_seq_len, cfg, gen), mask, None)
+
+    def forward(self, item_seq, item_seq_len):
+        """User representations [B, d] of the network the model is set to run
+        (:meth:`_encode_batch`): one forward pass."""
+        return self._encode_batch(item_seq, item_seq_len).user
 
     # ------------------------------------------------------------------ fixed structures
     @property
@@ -343,11 +426,6 @@ class ForwardOFA(SequentialRecommender):
         finally:
             self._active = None
 
-    @property
-    def controller_min_macs(self):
-        """The smallest budget the per-user controller can meet: one full block's MACs."""
-        return int(self.shape.block_macs().min())
-
     @contextlib.contextmanager
     def budget(self, macs):
         """Apply a per-user encoder budget to the controller inside the ``with`` block
@@ -358,21 +436,11 @@ class ForwardOFA(SequentialRecommender):
         The controller drops whole blocks, so the budget must cover one full block.
         """
         previous = self.device_budget
-        self.device_budget = self._budget_in_macs(macs)
+        self.device_budget = self.budget_in_macs(macs)
         try:
             yield self
         finally:
             self.device_budget = previous
-
-    def _budget_in_macs(self, macs):
-        if macs is None:
-            return None
-        if isinstance(macs, str):
-            return self._budget_macs(macs)
-        if isinstance(macs, bool) or not isinstance(macs, Real) or not math.isfinite(macs):
-            raise ValueError(f"budget(): expected MACs (a number), a string such as "
-                             f"'400K MACs', or None; got {macs!r}")
-        return self._controller_budget(macs, f"budget({macs!r})")
 
     # ------------------------------------------------------------------ sub-network sampling
     @property
@@ -390,8 +458,10 @@ class ForwardOFA(SequentialRecommender):
             self.shape.validate(space.largest())
             self.shape.validate(space.smallest())
         self._subnet_space = space
+
     # ------------------------------------------------------------------ losses
-    def _scores(self, seq_output):
+    def scores(self, seq_output):
+        """Scores [B, n_items] of user representations [B, d] against every item."""
         return seq_output @ self.item_embedding.weight.t()
 
     def _rec_loss(self, seq_output, interaction):
@@ -400,9 +470,10 @@ class ForwardOFA(SequentialRecommender):
             pos = (seq_output * self.item_embedding(pos_items)).sum(-1)
             neg = (seq_output * self.item_embedding(interaction[self.NEG_ITEM_ID])).sum(-1)
             return self.loss_fct(pos, neg)
-        return self.loss_fct(self._scores(seq_output), pos_items)
+        return self.loss_fct(self.scores(seq_output), pos_items)
 
     def calculate_loss(self, interaction):
+        """Supernet stage: the sandwich loss. Adapt stage: ``(rec_loss, sparsity_loss)``."""
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         if self._active is not None:
@@ -410,20 +481,22 @@ class ForwardOFA(SequentialRecommender):
                 f"calculate_loss() inside active_subnet({self._active.key}): training steps "
                 "sample their own structures; leave the active_subnet block to train"
             )
-        if self.stage == "supernet":
+        if self.stage is Stage.SUPERNET:
             return self._supernet_loss(interaction, item_seq, item_seq_len)
-        seq_output = self.forward(item_seq, item_seq_len)
-        rec_loss = self._rec_loss(seq_output, interaction)
-        # with `controller: none` the structure is fixed (p = 1): the term is a constant 0
-        weight = 0.0 if self.controller_mode == "none" else self.sparsity_weight
-        sparsity_loss = weight * self.expected_cost_excess(self._last_probs).mean()
-        self._train_sparsity_sum += float(sparsity_loss.detach())
-        return rec_loss, sparsity_loss
+        encoded = self._encode_batch(item_seq, item_seq_len)
+        rec_loss = self._rec_loss(encoded.user, interaction)
+        # detached tensors, read once per epoch (mean_kept_blocks): no host sync per step
+        self._kept_sum = self._kept_sum + encoded.mask.detach().sum()
+        self._kept_rows += encoded.mask.size(0)
+        if encoded.probs is None:  # a fixed structure: nothing to penalise
+            return rec_loss, rec_loss.new_zeros(())
+        return rec_loss, self.sparsity_weight * self.penalised_cost(encoded.probs).mean()
 
-    def expected_cost_excess(self, probs):
-        """Per-user penalised cost [B] of keep probabilities ``probs`` [B, n]: the expected
-        fraction of the full encoder's MACs, or, with ``sparsity_target``, only its part above
-        the target (a per-user MACs target: users under it are not pushed further)."""
+    def penalised_cost(self, probs):
+        """Per-user cost [B] the sparsity term penalises, from keep probabilities ``probs``
+        [B, n]: the expected fraction of the full encoder's MACs, or, with ``sparsity_target``,
+        only its part above the target (a per-user MACs target: users under it are not pushed
+        further)."""
         expected = (probs @ self.block_costs) / self.block_costs.sum()
         if self.sparsity_target is None:
             return expected
@@ -473,12 +546,12 @@ class ForwardOFA(SequentialRecommender):
         loss = self._rec_loss(full, interaction)
         if self.supernet_epoch < self.supernet_full_epochs:
             return loss  # progressive shrinking starts from the full network alone
-        teacher = F.softmax(self._scores(full).detach(), dim=-1) if self.distill_weight else None
+        teacher = F.softmax(self.scores(full).detach(), dim=-1) if self.distill_weight else None
         for cfg in self.sample_subnets(step):
             sub = self.encode_subnet(item_seq, item_seq_len, cfg)
             loss = loss + self._rec_loss(sub, interaction)
             if teacher is not None:
-                log_student = F.log_softmax(self._scores(sub), dim=-1)
+                log_student = F.log_softmax(self.scores(sub), dim=-1)
                 loss = loss + self.distill_weight * F.kl_div(
                     log_student, teacher, reduction="batchmean"
                 )
@@ -489,37 +562,46 @@ class ForwardOFA(SequentialRecommender):
     # no_grad) because RecBole's evaluation writes into them, which inference tensors forbid:
     # a [B, d] inference tensor may be read there, and no [B, n_items] copy is needed.
     def predict(self, interaction):
-        with torch.inference_mode():
-            seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self._served(interaction)
         with torch.no_grad():
             return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=1)
 
     def full_sort_predict(self, interaction):
-        with torch.inference_mode():
-            seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self._served(interaction)
         with torch.no_grad():
-            return self._scores(seq_output)
+            return self.scores(seq_output)
+
+    def _served(self, interaction):
+        """User representations of an evaluation batch; inside an evaluation that records costs
+        (:meth:`reset_evaluation_costs`) each row's structure is kept for the collector."""
+        with torch.inference_mode():
+            encoded = self._encode_batch(interaction[self.ITEM_SEQ],
+                                         interaction[self.ITEM_SEQ_LEN])
+        if self._eval_masks is not None:
+            active = self._active
+            self._record(encoded.mask, *((active.widths, active.heads) if active else ()))
+        return encoded.user
 
     # ------------------------------------------------------------------ statistics and costs
-    def reset_train_stats(self):
-        self._train_kept_sum = 0.0
-        self._train_rows = 0
-        self._train_sparsity_sum = 0.0
+    def reset_kept_blocks(self):
+        """Start counting the blocks training samples keep (the trainer calls it per epoch)."""
+        self._kept_sum = 0.0
+        self._kept_rows = 0
 
-    def train_stats(self):
-        """Mean kept blocks per training sample since the last reset (adapt stage)."""
-        return self._train_kept_sum / max(self._train_rows, 1)
+    def mean_kept_blocks(self):
+        """Mean kept blocks per adapt-stage training sample since :meth:`reset_kept_blocks`
+        (one host read)."""
+        return float(self._kept_sum) / max(self._kept_rows, 1)
 
     def _record(self, mask, widths=None, heads=None):
         """Keep each evaluated row's structure: mask [B, n] and, for a fixed sub-network, its
         per-block widths and heads (default: full)."""
-        if self._eval_masks is not None:
-            rows = (mask.size(0), self.n_blocks)
-            width = self.inner_size if widths is None else np.asarray(widths, dtype=np.int64)
-            head = self.n_heads if heads is None else np.asarray(heads, dtype=np.int64)
-            self._eval_masks.append(
-                (mask.cpu(), np.broadcast_to(width, rows), np.broadcast_to(head, rows))
-            )
+        rows = (mask.size(0), self.n_blocks)
+        width = self.inner_size if widths is None else np.asarray(widths, dtype=np.int64)
+        head = self.n_heads if heads is None else np.asarray(heads, dtype=np.int64)
+        self._eval_masks.append(
+            (mask.cpu(), np.broadcast_to(width, rows), np.broadcast_to(head, rows))
+        )
 
     def reset_evaluation_costs(self):
         """Start recording each evaluated user's structure (plugin trainers call it in evaluate)."""

@@ -1,18 +1,11 @@
-"""Building blocks of Forward-OFA: where to assemble blocks, and how to parameterise them.
+"""The blocks of the Forward-OFA supernet and the execution of a structure over them.
 
 A supernet is a stack of ``n`` RecBole transformer blocks with residual connections, so any subset
-of blocks still computes a valid representation. Per device (user session):
-
-* the **structure controller** reads the last ``rt_len`` behaviours and outputs one logit per block:
-  *where* to assemble blocks (``gumbel_sigmoid`` while training, ``deterministic_mask`` and
-  ``repair_to_budget`` at evaluation);
-* the **structural mapper** (a hypernetwork) maps the behaviour code and the structure vector to
-  *how* each assembled block is parameterised: low-rank deltas on the feed-forward weights plus a
-  LayerNorm scale and shift, all in one forward pass (no on-device gradient step).
-
-Why parallel mapper heads: blocks are shared by users with different paths, and co-adapted blocks
-receive conflicting gradients. With one independent head per block, the loss reaching block ``l``'s
-generated parameters only updates head ``l``; a shared head would mix the gradients of all blocks.
+of blocks still computes a valid representation. The structure controller
+(:mod:`recbole_fofa.model.controller`) decides which blocks a user keeps; the structural mapper
+(:mod:`recbole_fofa.model.mapper`) generates their parameters (:class:`BlockParams`); this module
+runs a structure: :func:`run_blocks` (one batch under a keep mask) and :func:`group_by_structure`
+(rows grouped by the structure they share).
 
 Elastic blocks: a kept block may run at a smaller feed-forward width ``w`` (its first ``w`` units)
 and with fewer heads ``h`` (its first ``h`` heads), the mapper's low-rank factors sliced to match;
@@ -23,16 +16,13 @@ Everything here is plain torch (no RecBole ``Config``); the attention and feed-f
 RecBole's own (``recbole.model.layers``) subclassed, so state dicts match ``TransformerLayer``.
 """
 
-import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from recbole.model.layers import FeedForward, MultiHeadAttention
 from torch import nn
-
-from recbole_fofa.cost import EXTRACTORS, MAPPER_MODES
 
 Factors = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -54,19 +44,8 @@ class BlockParams:
         """The parameters of the given rows (batch indices) only."""
         return BlockParams(*(t.index_select(0, rows) for t in self._tensors()))
 
-    def row(self, i: int) -> "BlockParams":
-        """The parameters of sample ``i``, keeping a batch dimension of 1."""
-        return BlockParams(*(t[i : i + 1] for t in self._tensors()))
-
     def _tensors(self):
         return self.g1, self.g2, self.ln_scale, self.ln_shift
-
-
-def _low_rank(x: torch.Tensor, v: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``x @ (u @ g[b] @ v).T`` per sample b, through rank r: never builds a [B, out, in] tensor."""
-    a = x @ v.t()  # [B, ..., r]
-    c = torch.einsum("b...s,brs->b...r", a, g)
-    return c @ u.t()
 
 
 def _check_slice(what: str, value: int, full: int) -> None:
@@ -124,17 +103,21 @@ class AdaptiveFeedForward(FeedForward):
         if gen is not None and factors is None:
             raise ValueError("AdaptiveFeedForward: `gen` was given without low-rank `factors`")
         w1, b1, w2, b2 = self.sliced_weights(width)
-        hidden = F.linear(input_tensor, w1, b1)
-        if gen is not None:
-            u1, v1, u2, v2 = slice_factors(factors, w1.size(0))
-            hidden = hidden + _low_rank(input_tensor, v1, gen.g1, u1)
-        hidden = self.intermediate_act_fn(hidden)
-        out = F.linear(hidden, w2, b2)
-        if gen is not None:
-            out = out + _low_rank(hidden, v2, gen.g2, u2)
-        out = self.dropout(out)
         if gen is None:
+            hidden = self.intermediate_act_fn(F.linear(input_tensor, w1, b1))
+            out = self.dropout(F.linear(hidden, w2, b2))
             return self.LayerNorm(out + input_tensor)
+        u1, v1, u2, v2 = slice_factors(factors, w1.size(0))
+        # W1 x + u1 (g1 (v1 x)) as one matmul of [x, g1 v1 x] by [W1, u1]: a rank-r product
+        # alone is a poor matmul (r = 8 inner or outer dimension)
+        core1 = torch.einsum("b...s,brs->b...r", input_tensor @ v1.t(), gen.g1)
+        hidden = F.linear(torch.cat([input_tensor, core1], -1), torch.cat([w1, u1], 1), b1)
+        hidden = self.intermediate_act_fn(hidden)
+        # W2 h and v2 h from one matmul by [W2; v2], then u2 (g2 (v2 h))
+        both = hidden @ torch.cat([w2, v2], 0).t()
+        out, projected = both.split([w2.size(0), v2.size(0)], dim=-1)
+        core2 = torch.einsum("b...s,brs->b...r", projected, gen.g2)
+        out = self.dropout(out + b2 + core2 @ u2.t())
         ln = self.LayerNorm
         normed = F.layer_norm(out + input_tensor, ln.normalized_shape, eps=ln.eps)
         shape = (gen.ln_scale.size(0),) + (1,) * (normed.dim() - 2) + (-1,)
@@ -225,257 +208,6 @@ class AdaptiveTransformerBlock(nn.Module):
         return self.feed_forward(attention_output, gen, factors, width)
 
 
-def merge_block_params(
-    ffn_or_block: Union[FeedForward, AdaptiveTransformerBlock],
-    gen_row: Optional[BlockParams],
-    factors: Optional[Factors],
-) -> dict:
-    """Fold ONE sample's generated parameters into plain weights.
-
-    ``gen_row`` holds a single sample (batch dimension 1, or none). Returns a detached state dict
-    that loads strictly into RecBole's ``FeedForward`` (for a feed-forward) or ``TransformerLayer``
-    (for a block), which then reproduces the generated block for that sample.
-    """
-    if isinstance(ffn_or_block, AdaptiveTransformerBlock):
-        state = {k: t.detach().clone() for k, t in ffn_or_block.state_dict().items()}
-        merged = merge_block_params(ffn_or_block.feed_forward, gen_row, factors)
-        state.update({f"feed_forward.{k}": t for k, t in merged.items()})
-        return state
-    state = {k: t.detach().clone() for k, t in ffn_or_block.state_dict().items()}
-    if gen_row is None:
-        return state
-    if gen_row.ln_scale.dim() == 2 and gen_row.ln_scale.size(0) != 1:
-        raise ValueError("merge_block_params: `gen_row` must hold one sample (use .row(i))")
-    u1, v1, u2, v2 = (f.detach() for f in factors)
-    g1, g2 = (g.detach().reshape(g.shape[-2:]) for g in (gen_row.g1, gen_row.g2))
-    scale, shift = (t.detach().reshape(-1) for t in (gen_row.ln_scale, gen_row.ln_shift))
-    state["dense_1.weight"] += u1 @ g1 @ v1
-    state["dense_2.weight"] += u2 @ g2 @ v2
-    state["LayerNorm.weight"] += scale
-    state["LayerNorm.bias"] += shift
-    return state
-
-
-class _Factors(nn.Module):
-    """Static low-rank factors of one block's feed-forward deltas (``W + u g v``)."""
-
-    def __init__(self, hidden_size: int, inner_size: int, rank: int):
-        super().__init__()
-        self.u1 = nn.Parameter(torch.empty(inner_size, rank))
-        self.v1 = nn.Parameter(torch.empty(rank, hidden_size))
-        self.u2 = nn.Parameter(torch.empty(hidden_size, rank))
-        self.v2 = nn.Parameter(torch.empty(rank, inner_size))
-
-    def reset_parameters(self) -> None:
-        # Scale-preserving random projections: x @ v.T and c @ u.T keep the per-coordinate scale
-        # of their input, so the generated r x r core acts like an ordinary weight matrix.
-        rank = self.u1.size(1)
-        for v in (self.v1, self.v2):
-            nn.init.normal_(v, std=1.0 / math.sqrt(v.size(1)))
-        for u in (self.u1, self.u2):
-            nn.init.normal_(u, std=1.0 / math.sqrt(rank))
-
-    def as_tuple(self) -> Factors:
-        return self.u1, self.v1, self.u2, self.v2
-
-
-class StructuralMapper(nn.Module):
-    """Hypernetwork: (behaviour code z [B, d], structure vector s [B, n]) -> per-block params.
-
-    ``mode='parallel'``: one independent head per block, ``Linear(d+n, h) -> tanh -> Linear(h, P)``
-    with ``P = 2 r^2 + 2 d``; ``'shared'``: one such MLP emitting ``n * P`` values; ``'none'``:
-    generates nothing. Each block has its own static factors (``factors(l)``). The last layer of
-    every head starts at zero, so at initialisation every block equals the plain supernet block.
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        inner_size: int,
-        n_blocks: int,
-        rank: int,
-        mapper_hidden: int,
-        mode: str = "parallel",
-    ):
-        super().__init__()
-        if mode not in MAPPER_MODES:
-            raise ValueError(f"mapper_mode={mode!r} is not supported; use one of {MAPPER_MODES}")
-        self.mode = mode
-        self.hidden_size = hidden_size
-        self.n_blocks = n_blocks
-        self.rank = rank
-        self.params_per_block = 2 * rank * rank + 2 * hidden_size
-        n_heads = {"parallel": n_blocks, "shared": 1, "none": 0}[mode]
-        out_size = self.params_per_block * (n_blocks if mode == "shared" else 1)
-        self.heads = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(hidden_size + n_blocks, mapper_hidden),
-                nn.Tanh(),
-                nn.Linear(mapper_hidden, out_size),
-            )
-            for _ in range(n_heads)
-        )
-        n_factor_sets = 0 if mode == "none" else n_blocks
-        self.factor_sets = nn.ModuleList(
-            _Factors(hidden_size, inner_size, rank) for _ in range(n_factor_sets)
-        )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Re-draw the factors and zero the heads' last layers.
-
-        Call again after a blanket weight init (e.g. ``model.apply(model._init_weights)``).
-        """
-        for head in self.heads:
-            head[0].reset_parameters()
-            nn.init.zeros_(head[-1].weight)
-            nn.init.zeros_(head[-1].bias)
-        for factors in self.factor_sets:
-            factors.reset_parameters()
-
-    def factors(self, block: int) -> Optional[Factors]:
-        """(u1 [d_ff, r], v1 [r, d], u2 [d, r], v2 [r, d_ff]) of ``block``; None in 'none' mode."""
-        return self.factor_sets[block].as_tuple() if self.mode != "none" else None
-
-    def _split(self, flat: torch.Tensor) -> BlockParams:
-        r, d = self.rank, self.hidden_size
-        g1, g2, scale, shift = flat.split([r * r, r * r, d, d], dim=-1)
-        return BlockParams(g1.view(-1, r, r), g2.view(-1, r, r), scale, shift)
-
-    def forward(
-        self, z: torch.Tensor, s: torch.Tensor, blocks: Optional[Sequence[int]] = None
-    ) -> List[Optional[BlockParams]]:
-        """List of ``n_blocks`` entries: ``BlockParams`` for requested blocks, else None.
-
-        ``blocks`` restricts generation to those block indices (default: all); in 'parallel' mode
-        only their heads run.
-        """
-        out: List[Optional[BlockParams]] = [None] * self.n_blocks
-        if self.mode == "none":
-            return out
-        wanted = range(self.n_blocks) if blocks is None else blocks
-        x = torch.cat([z, s.to(z.dtype)], dim=-1)
-        if self.mode == "parallel":
-            for b in wanted:
-                out[b] = self._split(self.heads[b](x))
-        else:
-            flat = self.heads[0](x).view(x.size(0), self.n_blocks, self.params_per_block)
-            for b in wanted:
-                out[b] = self._split(flat[:, b])
-        return out
-
-
-def last_k(
-    item_seq: torch.Tensor, item_seq_len: torch.Tensor, k: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Last ``k`` valid items of right-padded sequences, right-padded with 0.
-
-    item_seq [B, T], item_seq_len [B] -> ([B, k], min(len, k) [B]).
-    """
-    lengths = item_seq_len.clamp(min=0, max=item_seq.size(1))
-    new_len = lengths.clamp(max=k)
-    start = lengths - new_len
-    pos = torch.arange(k, device=item_seq.device)
-    idx = (start.unsqueeze(1) + pos).clamp(max=item_seq.size(1) - 1)
-    out = item_seq.gather(1, idx)
-    return out.masked_fill(pos >= new_len.unsqueeze(1), 0), new_len
-
-
-class StructureController(nn.Module):
-    """Where to assemble blocks: behaviours [B, T, d] -> (code z [B, d], block logits [B, n]).
-
-    Extractor ``'gru'`` (hidden state at the last valid step) or ``'mean'`` (masked mean), then one
-    linear layer. Sequences are right-padded; pass the ``last_k`` window of real-time behaviours.
-    """
-
-    def __init__(self, hidden_size: int, n_blocks: int, extractor: str = "gru"):
-        super().__init__()
-        if extractor not in EXTRACTORS:
-            raise ValueError(f"extractor={extractor!r} is not supported; use one of {EXTRACTORS}")
-        self.extractor = extractor
-        self.gru = None
-        if extractor == "gru":
-            self.gru = nn.GRU(hidden_size, hidden_size, batch_first=True)
-        self.linear = nn.Linear(hidden_size, n_blocks)
-
-    def forward(
-        self, item_emb: torch.Tensor, lengths: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        lengths = lengths.clamp(min=1, max=item_emb.size(1))
-        if self.gru is not None:
-            # Right padding only follows the valid steps, so output[len - 1] is exactly the
-            # state after the last valid item (same as packing, without the repacking cost).
-            output, _ = self.gru(item_emb)
-            idx = (lengths - 1).view(-1, 1, 1).expand(-1, 1, output.size(-1))
-            z = output.gather(1, idx).squeeze(1)
-        else:
-            pos = torch.arange(item_emb.size(1), device=item_emb.device)
-            valid = (pos < lengths.unsqueeze(1)).unsqueeze(-1).to(item_emb.dtype)
-            z = (item_emb * valid).sum(1) / lengths.unsqueeze(1).to(item_emb.dtype)
-        return z, self.linear(z)
-
-
-def gumbel_sigmoid(
-    logits: torch.Tensor,
-    tau: float,
-    hard: bool = True,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Relaxed Bernoulli sample ``sigmoid((logits + logistic noise) / tau)``.
-
-    ``hard``: forward values are exactly 0/1 (threshold 0.5, so P(1) = sigmoid(logits) at any
-    ``tau``); gradients pass straight through the soft sample.
-    """
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    eps = torch.finfo(logits.dtype).eps
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    u = u.clamp(eps, 1 - eps)
-    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / tau)
-    if not hard:
-        return soft
-    hard_y = (soft > 0.5).to(soft.dtype)
-    # Exact 0/1: soft > 0.5 makes (1 - soft) + soft exact in floating point (Sterbenz).
-    return hard_y - soft.detach() + soft
-
-
-def deterministic_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Keep block l iff p_l >= threshold; a row that keeps nothing keeps its argmax. Bool [B, n]."""
-    mask = probs >= threshold
-    empty = ~mask.any(dim=1)
-    fallback = F.one_hot(probs.argmax(dim=1), probs.size(1)).bool()
-    return torch.where(empty.unsqueeze(1), fallback, mask)
-
-
-def repair_to_budget(
-    mask: torch.Tensor,
-    probs: torch.Tensor,
-    block_costs: torch.Tensor,
-    budget: Union[float, torch.Tensor],
-) -> torch.Tensor:
-    """Drop the lowest-probability kept blocks of each row until its cost is <= ``budget``.
-
-    mask bool [B, n], probs [B, n], block_costs [n], budget scalar or [B] -> bool [B, n].
-    If even the most probable kept block does not fit, the row keeps its most probable kept
-    block that fits alone, or else the cheapest block (callers check budget >= cheapest block).
-    """
-    mask = mask.bool()
-    costs = block_costs.to(device=probs.device, dtype=torch.float64)
-    budget = torch.as_tensor(budget, dtype=torch.float64, device=probs.device).reshape(-1, 1)
-    neg_inf = torch.full_like(probs, float("-inf"))
-    order = torch.where(mask, probs, neg_inf).argsort(dim=1, descending=True, stable=True)
-    kept_sorted = mask.gather(1, order)
-    cum = (costs[order] * kept_sorted).cumsum(dim=1)
-    keep = torch.zeros_like(mask).scatter(1, order, kept_sorted & (cum <= budget))
-
-    fits_alone = mask & (costs <= budget)
-    cheapest = torch.where(costs == costs.min(), probs, neg_inf).argmax(dim=1)
-    best_fit = torch.where(fits_alone, probs, neg_inf).argmax(dim=1)
-    choice = torch.where(fits_alone.any(dim=1), best_fit, cheapest)
-    fallback = F.one_hot(choice, mask.size(1)).bool()
-    return torch.where(keep.any(dim=1, keepdim=True), keep, fallback)
-
-
 #: Structures of up to this many blocks are grouped through one integer code per row
 MAX_CODE_BLOCKS = 62
 
@@ -512,25 +244,53 @@ def group_by_structure(
     return structures, kept, counts.tolist(), order
 
 
+class _StraightThroughMix(torch.autograd.Function):
+    """``keep * block_out + (1 - keep) * hidden`` for a 0/1 ``keep`` [B, 1, 1]: one ``where`` in
+    the forward pass (the same values), the same gradients as the formula in the backward pass
+    (``keep`` gets ``sum(g * block_out) - sum(g * hidden)`` per row: the straight-through
+    estimator)."""
+
+    @staticmethod
+    def forward(ctx, keep, block_out, hidden):
+        ctx.save_for_backward(keep, block_out, hidden)
+        return torch.where(keep.bool(), block_out, hidden)
+
+    @staticmethod
+    def backward(ctx, grad):
+        keep, block_out, hidden = ctx.saved_tensors
+        grad_keep = grad_block = grad_hidden = None
+        if ctx.needs_input_grad[0]:
+            dims = tuple(range(1, grad.dim()))
+            grad_keep = ((grad * block_out).sum(dims, keepdim=True)
+                         - (grad * hidden).sum(dims, keepdim=True))
+        if ctx.needs_input_grad[1]:
+            grad_block = grad * keep
+        if ctx.needs_input_grad[2]:
+            grad_hidden = grad * (1 - keep)
+        return grad_keep, grad_block, grad_hidden
+
+
 def run_blocks(
     blocks: Sequence[AdaptiveTransformerBlock],
     hidden: torch.Tensor,
     attention_mask: torch.Tensor,
     mask: torch.Tensor,
-    gen_list: Optional[Sequence[Optional[BlockParams]]],
-    factors_list: Optional[Sequence[Optional[Factors]]],
-    soft: bool,
+    gen_list: Optional[Sequence[Optional[BlockParams]]] = None,
+    factors_list: Optional[Sequence[Optional[Factors]]] = None,
+    *,
+    straight_through: bool = False,
     widths: Optional[Sequence[int]] = None,
     heads: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """Apply the block stack under a keep mask: per row [B, n], or batch-wide [n].
 
-    ``soft`` (controller training): ``h = m_l * block_l(h) + (1 - m_l) * h`` on all rows, so the
-    straight-through mask m carries gradients. Otherwise (evaluation, and batch-wide masks in
-    supernet training) block l runs only on the rows that keep it (a block kept by no row is never
-    called), which is what a device running only its own sub-model computes; a batch-wide mask
-    runs each kept block once on the whole batch. ``widths`` / ``heads`` (per block, batch-wide;
-    None: full) run kept block l at feed-forward width ``widths[l]`` with ``heads[l]`` heads.
+    ``straight_through`` (controller training, a 0/1 mask [B, n] that carries gradients): every
+    block runs on every row and ``h = m_l * block_l(h) + (1 - m_l) * h``, so the mask's gradient
+    reaches the controller. Otherwise (evaluation, and batch-wide masks in supernet training)
+    block l runs only on the rows that keep it (a block kept by no row is never called), which is
+    what a device running only its own sub-model computes; a batch-wide mask runs each kept block
+    once on the whole batch. ``widths`` / ``heads`` (per block, batch-wide; None: full) run kept
+    block l at feed-forward width ``widths[l]`` with ``heads[l]`` heads.
     """
     n = len(blocks)
     gen_list = [None] * n if gen_list is None else gen_list
@@ -541,11 +301,12 @@ def run_blocks(
     def call(i, h, att, gen):
         return blocks[i](h, att, gen, factors_list[i], widths[i], heads[i])
 
-    if soft:
+    if straight_through:
         m = mask.to(hidden.dtype)
         for i in range(n):
             keep = m[:, i].view(-1, 1, 1)
-            hidden = keep * call(i, hidden, attention_mask, gen_list[i]) + (1 - keep) * hidden
+            out = call(i, hidden, attention_mask, gen_list[i])
+            hidden = _StraightThroughMix.apply(keep, out, hidden)
         return hidden
     mask = mask if mask.dtype == torch.bool else mask > 0.5
     if mask.dim() == 1:

@@ -21,7 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
+from recbole.utils import set_color
+from tqdm import tqdm
 
+from recbole_fofa.checks import check_evolution
+from recbole_fofa.registry import shipped_defaults
 from recbole_fofa.search.result import BudgetResult, SearchResult, pareto_front
 from recbole_fofa.search.space import InfeasibleBudget, SearchSpace, config_value
 from recbole_fofa.subnet import SubnetConfig
@@ -40,45 +44,29 @@ __all__ = [
 # ----------------------------------------------------------------------------- settings
 
 
+_YAML = shipped_defaults("ForwardOFA")
+
+
 @dataclass(frozen=True)
 class SearchSettings:
-    """Evolution settings (OFA's defaults); each field is config key ``search_<field>``."""
+    """Evolution settings; each field is config key ``search_<field>`` (OFA's defaults, read
+    from the shipped YAML), checked by that key's rule of the config table
+    (:func:`recbole_fofa.checks.check_evolution`), so a value the config refuses is refused
+    here too."""
 
-    population: int = 100
-    parents: int = 25
-    mutants: int = 50
-    crossovers: int = 50
-    mutation_prob: float = 0.1
-    generations: int = 20
-    warm_generations: int | None = None
-    max_resample: int = 50
-    exhaustive_limit: int = 1024
+    population: int = _YAML["search_population"]
+    parents: int = _YAML["search_parents"]
+    mutants: int = _YAML["search_mutants"]
+    crossovers: int = _YAML["search_crossovers"]
+    mutation_prob: float = _YAML["search_mutation_prob"]
+    generations: int = _YAML["search_generations"]
+    warm_generations: int | None = _YAML["search_warm_generations"]
+    max_resample: int = _YAML["search_max_resample"]
+    exhaustive_limit: int = _YAML["search_exhaustive_limit"]
 
     def __post_init__(self):
-        def bad(name, allowed):
-            value = getattr(self, name)
-            return ValueError(f"config key `search_{name}` = {value!r} is invalid: expected "
-                              f"{allowed}")
-
-        def is_int(value):
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        for name, low in (("population", 1), ("parents", 1), ("mutants", 0), ("crossovers", 0),
-                          ("generations", 1), ("max_resample", 1), ("exhaustive_limit", 1)):
-            value = getattr(self, name)
-            if not is_int(value) or value < low:
-                raise bad(name, f"an integer >= {low}")
-        if self.warm_generations is not None and (not is_int(self.warm_generations)
-                                                  or self.warm_generations < 0):
-            raise bad("warm_generations", "null (ceil(sqrt(search_generations))) or an integer "
-                      ">= 0")
-        p = self.mutation_prob
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise bad("mutation_prob", "a number in [0, 1]")
-        if self.parents > self.population:
-            raise bad("parents", f"at most search_population = {self.population}")
-        if self.mutants + self.crossovers < 1:
-            raise bad("mutants", "search_mutants + search_crossovers >= 1")
+        check_evolution({f"search_{name}": value for name, value in asdict(self).items()},
+                        each=True)
 
     @property
     def warm(self) -> int:
@@ -577,9 +565,6 @@ def _check_budgets(budgets, space: SearchSpace) -> List[float]:
 
 
 def _tqdm_progress():
-    from recbole.utils import set_color
-    from tqdm import tqdm
-
     state = {}
 
     def update(event: SearchProgress):

@@ -252,7 +252,7 @@ def extract(model, cfg: SubnetConfig, item_seq=None, item_seq_len=None,
         was_training = model.training
         model.eval()
         try:
-            z, _ = model.structure(seq, length)
+            z, _ = model.code_and_logits(seq, length)
         finally:
             model.train(was_training)
     gen = None

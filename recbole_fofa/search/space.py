@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from recbole_fofa.registry import shipped_defaults
 from recbole_fofa.subnet import SubnetConfig, SupernetShape
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
 
 Configs = Union[SubnetConfig, Iterable[SubnetConfig]]
 QualityFn = Callable[[List[SubnetConfig]], Sequence[float]]
+# ForwardOFA's shipped YAML: the spaces' default choices and enumeration limit.
+DEFAULTS = shipped_defaults("ForwardOFA")
 
 
 class InfeasibleBudget(ValueError):
@@ -68,13 +71,12 @@ class SearchSpace:
 
     name = "base"
 
-    def __init__(self, shape: SupernetShape, n_options: int, exhaustive_limit: int = 1024):
+    def __init__(self, shape: SupernetShape, n_options: int):
         if not isinstance(shape, SupernetShape):
             raise TypeError(f"shape must be a SupernetShape, got {type(shape).__name__}")
         self.shape = shape
         self.n_blocks = int(shape.n_blocks)
         self.n_options = int(n_options)
-        self.exhaustive_limit = int(exhaustive_limit)
         self._extremes: Tuple[SubnetConfig, SubnetConfig] | None = None
         # Operators run thousands of times per generation: configs and genotypes are memoised
         # (a SubnetConfig hashes by value, so it is its own cache key).
@@ -142,21 +144,14 @@ class SearchSpace:
         self._genes(config)
         return config
 
-    def contains(self, config: SubnetConfig) -> bool:
-        try:
-            self.validate(config)
-        except ValueError:
-            return False
-        return True
-
     def size(self) -> int:
         """Number of distinct sub-networks (every genotype but the all-dropped one)."""
         return self.n_options**self.n_blocks - 1
 
     def enumerate(self, limit: int | None = None) -> List[SubnetConfig]:
         """Every sub-network of the space; ValueError when there are more than ``limit``
-        (default: the space's ``search_exhaustive_limit``)."""
-        limit = self.exhaustive_limit if limit is None else int(limit)
+        (default: the shipped ``search_exhaustive_limit``)."""
+        limit = DEFAULTS["search_exhaustive_limit"] if limit is None else int(limit)
         if self.size() > limit:
             raise ValueError(
                 f"the {self.name} space has {self.size():,} sub-networks, more than "
@@ -224,7 +219,9 @@ class SearchSpace:
         return self._find_extremes()[1]
 
     def min_cost(self) -> int:
-        return int(self.cost(self.smallest())[0])
+        """Encoder MACs of the cheapest sub-network (:meth:`SupernetShape.cheapest_macs`)."""
+        options = {k: v for k, v in self.options().items() if k != "name"}
+        return self.shape.cheapest_macs(self.name, **options)
 
     def max_cost(self) -> int:
         return int(self.cost(self.largest())[0])
@@ -398,9 +395,8 @@ class SearchSpace:
 class _PerBlockSpace(SearchSpace):
     """Spaces where each block independently picks one of ``kept`` (width, heads) options."""
 
-    def __init__(self, shape: SupernetShape, kept: Sequence[Tuple[int, int]],
-                 exhaustive_limit: int = 1024):
-        super().__init__(shape, 1 + len(kept), exhaustive_limit)
+    def __init__(self, shape: SupernetShape, kept: Sequence[Tuple[int, int]]):
+        super().__init__(shape, 1 + len(kept))
         self._widths = np.array([0] + [w for w, _ in kept], dtype=np.int64)
         self._heads = np.array([0] + [h for _, h in kept], dtype=np.int64)
         self._width_list, self._head_list = self._widths.tolist(), self._heads.tolist()
@@ -443,8 +439,8 @@ class BlockSpace(_PerBlockSpace):
 
     name = "block"
 
-    def __init__(self, shape: SupernetShape, exhaustive_limit: int = 1024):
-        super().__init__(shape, [(shape.inner_size, shape.n_heads)], exhaustive_limit)
+    def __init__(self, shape: SupernetShape):
+        super().__init__(shape, [(shape.inner_size, shape.n_heads)])
 
     def _smaller(self, gene):
         return [0]
@@ -489,13 +485,17 @@ def _head_counts(shape: SupernetShape, counts, key: str) -> List[int]:
 
 class ElasticSpace(_PerBlockSpace):
     """Per block: dropped, or kept with a feed-forward width from ``width_choices`` (fractions
-    of ``inner_size``, first-k units) and a head count from ``head_choices`` (first-k heads).
-    ``(1 + W*H)^n - 1`` configs: 531,440 for 6 blocks, 4 widths and 2 head counts."""
+    of ``inner_size``, first-k units) and a head count from ``head_choices`` (first-k heads);
+    None: the shipped defaults. ``(1 + W*H)^n - 1`` configs: 531,440 for 6 blocks, 4 widths and
+    2 head counts."""
 
     name = "elastic"
 
-    def __init__(self, shape: SupernetShape, width_choices=(0.25, 0.5, 0.75, 1.0),
-                 head_choices=(1, 2), exhaustive_limit: int = 1024):
+    def __init__(self, shape: SupernetShape, width_choices=None, head_choices=None):
+        if width_choices is None:
+            width_choices = DEFAULTS["width_choices"]
+        if head_choices is None:
+            head_choices = DEFAULTS["head_choices"]
         widths = _width_units(shape, width_choices, "width_choices")
         heads = _head_counts(shape, head_choices, "head_choices")
         for key, given, values in (("width_choices", width_choices, widths),
@@ -508,7 +508,7 @@ class ElasticSpace(_PerBlockSpace):
         self.width_values = tuple(sorted(widths))
         self.head_values = tuple(sorted(heads))
         kept = [(w, h) for w in self.width_values for h in self.head_values]
-        super().__init__(shape, kept, exhaustive_limit)
+        super().__init__(shape, kept)
 
     def options(self):
         return {"name": self.name, "width_choices": list(self.width_choices),
@@ -548,12 +548,16 @@ class ElasticSpace(_PerBlockSpace):
 class CompoundSpace(SearchSpace):
     """CompOFA's compound space: the keep mask is searched, and every kept block runs at the
     width ``compound_widths[k-1]`` (a fraction of ``inner_size``) and head count
-    ``compound_heads[k-1]`` when ``k`` blocks are kept (2^n - 1 configs)."""
+    ``compound_heads[k-1]`` when ``k`` blocks are kept (2^n - 1 configs); None: the shipped
+    defaults."""
 
     name = "compound"
 
-    def __init__(self, shape: SupernetShape, compound_widths=(0.25, 0.5, 0.5, 0.75, 1.0, 1.0),
-                 compound_heads=(1, 1, 2, 2, 2, 2), exhaustive_limit: int = 1024):
+    def __init__(self, shape: SupernetShape, compound_widths=None, compound_heads=None):
+        if compound_widths is None:
+            compound_widths = DEFAULTS["compound_widths"]
+        if compound_heads is None:
+            compound_heads = DEFAULTS["compound_heads"]
         for key, given in (("compound_widths", compound_widths),
                            ("compound_heads", compound_heads)):
             if not isinstance(given, (list, tuple)) or len(given) != shape.n_blocks:
@@ -567,7 +571,7 @@ class CompoundSpace(SearchSpace):
         self.compound_widths = tuple(float(v) for v in compound_widths)
         self.compound_heads = tuple(int(h) for h in compound_heads)
         self.width_by_kept = tuple(_width_units(shape, compound_widths, "compound_widths"))
-        super().__init__(shape, 2, exhaustive_limit)
+        super().__init__(shape, 2)
 
     def options(self):
         return {"name": self.name, "compound_widths": list(self.compound_widths),
@@ -613,15 +617,6 @@ class CompoundSpace(SearchSpace):
 
 SPACES = {"block": BlockSpace, "elastic": ElasticSpace, "compound": CompoundSpace}
 
-_DEFAULTS = {
-    "search_space": "block",
-    "width_choices": [0.25, 0.5, 0.75, 1.0],
-    "head_choices": [1, 2],
-    "compound_widths": [0.25, 0.5, 0.5, 0.75, 1.0, 1.0],
-    "compound_heads": [1, 1, 2, 2, 2, 2],
-    "search_exhaustive_limit": 1024,
-}
-
 
 def config_value(config, key: str, default=None):
     """``config[key]`` for a RecBole Config or a dict; ``default`` when unset or null."""
@@ -631,19 +626,17 @@ def config_value(config, key: str, default=None):
 
 def build_space(config, shape: SupernetShape) -> SearchSpace:
     """The search space the config's ``search_space`` names, over the supernet ``shape``."""
-    get = lambda key: config_value(config, key, _DEFAULTS[key])  # noqa: E731
+    get = lambda key: config_value(config, key, DEFAULTS[key])  # noqa: E731
     name = get("search_space")
     if name not in SPACES:
         raise ValueError(f"config key `search_space` = {name!r} is invalid: expected one of "
                          f"{sorted(SPACES)}")
-    limit = get("search_exhaustive_limit")
     if name == "block":
-        return BlockSpace(shape, exhaustive_limit=limit)
+        return BlockSpace(shape)
     width_choices, head_choices = get("width_choices"), get("head_choices")
     if name == "elastic":
-        return ElasticSpace(shape, width_choices, head_choices, exhaustive_limit=limit)
-    space = CompoundSpace(shape, get("compound_widths"), get("compound_heads"),
-                          exhaustive_limit=limit)
+        return ElasticSpace(shape, width_choices, head_choices)
+    space = CompoundSpace(shape, get("compound_widths"), get("compound_heads"))
     # The supernet is trained on width_choices x head_choices: the coupling must pick from them.
     for key, values, allowed in (("compound_widths", space.compound_widths, width_choices),
                                  ("compound_heads", space.compound_heads, head_choices)):

@@ -3,8 +3,9 @@
 import contextlib
 import functools
 import os
+import time
+from typing import List, NamedTuple
 
-from recbole.evaluator import Evaluator
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
@@ -13,6 +14,39 @@ from recbole_fofa.cost import CostNotMeasurableError
 from recbole_fofa.evaluator import measure
 from recbole_fofa.evaluator.collector import CostCollector
 from recbole_fofa.evaluator.metrics import is_cost_metric
+from recbole_fofa.evaluator.per_user import PerUserEvaluator
+
+
+def load_checkpoint(model, checkpoint, device=None):
+    """Load a plugin checkpoint into ``model``: its weights and other parameters (ForwardOFA's
+    stage, ...). ``checkpoint``: a loaded dict, or a path read with trust (it pickles the config:
+    :func:`~recbole_fofa.compat.torch_load_trusted`) onto ``device`` (under DDP by rank 0 and
+    broadcast). Returns the checkpoint dict. The one reload every caller uses."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = distributed.load_checkpoint(checkpoint, device)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return checkpoint
+
+
+class EpochTime(NamedTuple):
+    """Wall seconds of one training epoch and the stage it trained ('train' for RecBole
+    models; ForwardOFA's stage)."""
+
+    stage: str
+    seconds: float
+
+
+class StageEnd(NamedTuple):
+    """How one call of ``fit`` (one stage for ForwardOFA) ended: epochs trained of the epochs
+    configured, the epoch (1-based, within the stage) whose valid score was best, and whether
+    early stopping ended it before the cap."""
+
+    stage: str
+    epochs: int
+    max_epochs: int
+    best_epoch: int
+    stopped_early: bool
 
 
 class PluginTrainerMixin:
@@ -38,6 +72,14 @@ class PluginTrainerMixin:
             super().__init__(config, model)
         self.eval_collector = self.collector_class(config)
         self._cost_checked = False
+        #: every training epoch's :class:`EpochTime`, in order (the public timing hook)
+        self.epoch_times: List[EpochTime] = []
+        #: every validation's (stage, valid score), in order
+        self.valid_scores: List[tuple] = []
+        #: how each ``fit`` ended (:class:`StageEnd`), in order
+        self.stage_ends: List[StageEnd] = []
+        #: RecBole's evaluator that also keeps per-user metric values (``evaluator.per_user``)
+        self.evaluator = PerUserEvaluator(config)
 
     # ------------------------------------------------------------------ DDP
     def _init_distributed(self, config, model):
@@ -84,11 +126,46 @@ class PluginTrainerMixin:
         """Load the best checkpoint (``model_file`` or this run's) into the model: under DDP read
         by rank 0 and broadcast to every rank. Returns the checkpoint."""
         checkpoint_file = model_file or self.saved_model_file
-        checkpoint = distributed.load_checkpoint(checkpoint_file, self.device)
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        checkpoint = load_checkpoint(self.model, checkpoint_file, self.device)
         self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return checkpoint
+
+    def _train_epoch(self, *args, **kwargs):
+        """RecBole's epoch, its wall time appended to :attr:`epoch_times`."""
+        stage = str(getattr(getattr(self.model, "module", self.model), "stage", "train"))
+        start = time.perf_counter()
+        result = super()._train_epoch(*args, **kwargs)
+        self.epoch_times.append(EpochTime(stage, time.perf_counter() - start))
+        return result
+
+    def _stage(self):
+        return str(getattr(getattr(self.model, "module", self.model), "stage", "train"))
+
+    def _valid_epoch(self, *args, **kwargs):
+        """RecBole's validation, its score appended to :attr:`valid_scores`."""
+        score, result = super()._valid_epoch(*args, **kwargs)
+        self.valid_scores.append((self._stage(), float(score)))
+        return score, result
+
+    def per_user_results(self):
+        """``{metric@k: [value per user]}`` of the last evaluation, in RecBole's lower-case
+        names, whose means are its reported top-k metrics (this process's users under DDP)."""
+        return {key: values.tolist() for key, values in self.evaluator.per_user.items()}
+
+    def training_summary(self):
+        """How training ended, per stage: a list of :class:`StageEnd` as dicts."""
+        return [end._asdict() for end in self.stage_ends]
+
+    def _record_stage_end(self, stage, first_epoch, first_valid):
+        epochs = sum(1 for e in self.epoch_times[first_epoch:] if e.stage == stage)
+        scores = [s for st, s in self.valid_scores[first_valid:] if st == stage]
+        best = 0
+        if scores:  # RecBole's early stopping keeps the later of equal scores
+            sign = 1 if self.valid_metric_bigger else -1
+            index = max(range(len(scores)), key=lambda i: (sign * scores[i], i))
+            best = (index + 1) * max(int(self.eval_step), 1)  # a validation every eval_step
+        self.stage_ends.append(StageEnd(stage, epochs, int(self.epochs), best,
+                                        epochs < int(self.epochs)))
 
     def _map_reduce(self, result, num_sample):
         if not self.reduce_results:
@@ -124,7 +201,7 @@ class PluginTrainerMixin:
         self.config["metrics"] = [n for n in self.config["metrics"] if not is_cost_metric(n)]
         self.config.cost_metrics_by_default = False
         self.eval_collector = self.collector_class(self.config)
-        self.evaluator = Evaluator(self.config)
+        self.evaluator = PerUserEvaluator(self.config)
         self.logger.warning(set_color(
             f"{err.model_name}: not reporting {', '.join(dropped)}: its cost cannot be measured "
             f"({err.reason}). It trains and evaluates as in RecBole.", "yellow"))
@@ -132,7 +209,11 @@ class PluginTrainerMixin:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         self.check_cost(train_data)
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        stage, first_epoch, first_valid = self._stage(), len(self.epoch_times), len(
+            self.valid_scores)
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self._record_stage_end(stage, first_epoch, first_valid)
+        return result
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data:

@@ -8,6 +8,7 @@ import time
 from recbole.utils import set_color
 
 from recbole_fofa import checks, compat, distributed
+from recbole_fofa.model import Stage
 from recbole_fofa.search import SearchSettings, build_space
 from recbole_fofa.search import search as run_search
 from recbole_fofa.search.estimator import PredictedQuality, SubnetEstimator
@@ -23,22 +24,50 @@ class ForwardOFATrainer(Trainer):
     ``learning_rate * backbone_lr_scale`` (0 freezes it), with the Gumbel temperature annealed
     from ``tau_start`` to ``tau_end`` over ``tau_anneal_epochs``. The best checkpoint of each stage
     is kept in the same file, so after ``fit`` it holds the best stage-2 model.
+
+    Building the trainer leaves the model as it is (stage, ``requires_grad``, sub-network space);
+    a stage is applied to the model when training enters it (:meth:`enter_stage`, ``fit``).
+    Public hooks: :attr:`epoch_times` (every epoch's seconds and stage) and
+    :attr:`stage1_backbone` (the backbone stage 2 started from).
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.supernet_epochs = config["supernet_epochs"]
         self.adapt_epochs = config["epochs"]
-        self._enter_stage(model.stage)  # a trained (or reloaded) model keeps its stage
-        if config["search_space"] not in (None, "block"):
-            # the supernet stage trains the sub-networks the search may pick; 'block' keeps the
-            # model's own block-mask sampling, exactly as before the search existed
-            model.subnet_space = build_space(config, model.shape)
+        #: the backbone state at the end of stage 1 (the best supernet), captured when ``fit``
+        #: enters stage 2; None until then
+        self.stage1_backbone = None
+        # 'block' keeps the model's own block-mask sampling; other spaces are sampled by the
+        # supernet stage, so that every sub-network the search may pick was trained
+        self.subnet_space = (None if config["search_space"] in (None, "block")
+                             else build_space(config, model.shape))
+        self._schedule(model.stage)  # a trained (or reloaded) model keeps its stage
 
     # ------------------------------------------------------------------ stages
-    def _enter_stage(self, stage):
-        self.model.stage = stage
-        self.epochs = self.supernet_epochs if stage == "supernet" else self.adapt_epochs
+    def enter_stage(self, stage):
+        """Put the model and this trainer into ``stage`` (a :class:`Stage` or its string): the
+        model's stage, its trainable parameters and sampled space; the epochs, early stopping
+        state and optimizer of the stage. ``fit`` calls it when stage 2 starts."""
+        stage = Stage.of(stage)
+        self._prepare_model(stage)
+        self._schedule(stage)
+
+    def _prepare_model(self, stage):
+        """What training ``stage`` changes on the model; the DDP wrapper follows the trainable
+        parameters."""
+        model = self.model
+        model.stage = stage
+        model.subnet_space = self.subnet_space
+        train_backbone = stage is Stage.SUPERNET or self.config["backbone_lr_scale"] > 0
+        for parameter in model.backbone_parameters():
+            parameter.requires_grad_(train_backbone)
+        self.wrap_distributed()  # DDP reduces what was trainable when it was built
+
+    def _schedule(self, stage):
+        """This trainer's epochs, early-stopping state and optimizer for ``stage``."""
+        stage = Stage.of(stage)
+        self.epochs = self.supernet_epochs if stage is Stage.SUPERNET else self.adapt_epochs
         self.eval_step = min(self.config["eval_step"], max(self.epochs, 1))
         self.start_epoch, self.cur_step = 0, 0
         self.best_valid_score = -math.inf if self.valid_metric_bigger else math.inf
@@ -46,7 +75,7 @@ class ForwardOFATrainer(Trainer):
         self.optimizer = self._build_stage_optimizer(stage)
 
     def _build_stage_optimizer(self, stage):
-        if stage == "supernet":
+        if stage is Stage.SUPERNET:
             return self._build_optimizer(params=self.model.parameters())
         scale = self.config["backbone_lr_scale"]
         backbone = list(self.model.backbone_parameters())
@@ -54,9 +83,6 @@ class ForwardOFATrainer(Trainer):
         groups = [{"params": [p for p in self.model.parameters() if id(p) not in ids]}]
         if scale > 0:
             groups.append({"params": backbone, "lr": self.learning_rate * scale})
-        for parameter in backbone:
-            parameter.requires_grad_(scale > 0)
-        self.wrap_distributed()  # DDP reduces what was trainable when it was built
         return self._build_optimizer(params=groups)
 
     def temperature(self, epoch_idx):
@@ -68,30 +94,31 @@ class ForwardOFATrainer(Trainer):
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
-        if self.model.stage == "supernet":
+        self._prepare_model(self.model.stage)
+        if self.model.stage is Stage.SUPERNET:
             self.logger.info(set_color(f"stage 1: supernet ({self.epochs} epochs)", "blue"))
             super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
             if saved and valid_data:
-                # continue from the best supernet (under DDP: read by rank 0, broadcast)
-                checkpoint = distributed.load_checkpoint(self.saved_model_file, self.device)
-                self.model.load_state_dict(checkpoint["state_dict"])
-            self._enter_stage("adapt")
+                self.load_best_checkpoint()  # continue from the best supernet
+            self.stage1_backbone = self.model.backbone_state_dict()
+            self.enter_stage(Stage.ADAPT)
         self.logger.info(set_color(f"stage 2: controller + mapper ({self.epochs} epochs)", "blue"))
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self.model.reset_train_stats()
-        if self.model.stage == "supernet":
-            self.model.supernet_epoch = epoch_idx
-        if self.model.stage == "adapt":
-            self.model.tau = self.temperature(epoch_idx)
+        model = self.model
+        model.reset_kept_blocks()
+        if model.stage is Stage.SUPERNET:
+            model.supernet_epoch = epoch_idx
+        else:
+            model.tau = self.temperature(epoch_idx)
         losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
-        if self.model.stage == "adapt":
+        if model.stage is Stage.ADAPT:
             rec_loss, sparsity_loss = losses
             self.logger.info(
                 set_color(f"epoch {epoch_idx} adapt", "green")
                 + f": rec loss {rec_loss:.4f}, sparsity loss {sparsity_loss:.4f}, "
-                f"mean kept blocks {self.model.train_stats():.3f}, tau {self.model.tau:.3f}"
+                f"mean kept blocks {model.mean_kept_blocks():.3f}, tau {model.tau:.3f}"
             )
         return losses
 
@@ -182,8 +209,8 @@ class ForwardOFATrainer(Trainer):
         with model.active_subnet(entry.config):
             valid, test = evaluate(valid_data), evaluate(test_data)
         cheapest_block = model.controller_min_macs
-        if model.stage != "adapt":
-            controller = {"skipped": f"the model is in stage {model.stage!r}: its structure "
+        if model.stage is not Stage.ADAPT:
+            controller = {"skipped": f"the model is in stage '{model.stage}': its structure "
                                      "controller is not trained"}
         elif entry.budget_macs < cheapest_block:
             controller = {"skipped": f"the budget is below one full block ({cheapest_block:,} "
@@ -199,9 +226,9 @@ class ForwardOFATrainer(Trainer):
     # ------------------------------------------------------------------ checkpoints
     def resume_checkpoint(self, resume_file):
         checkpoint = compat.torch_load_trusted(resume_file, self.device)
-        stage = (checkpoint.get("other_parameter") or {}).get("stage", "adapt")
-        if stage != self.model.stage:
-            self._enter_stage(stage)  # the optimizer state matches that stage's groups
+        stage = Stage.of((checkpoint.get("other_parameter") or {}).get("stage", Stage.ADAPT))
+        if stage is not self.model.stage:
+            self.enter_stage(stage)  # the optimizer state matches that stage's groups
         super().resume_checkpoint(resume_file)
 
 

@@ -1,0 +1,163 @@
+"""Paired comparisons of benchmark runs: one model against a reference on the same seeds and users.
+
+The primary number is the mean per-seed difference with its t interval over seeds (it already
+contains each run's test-user noise); the secondary one is a paired permutation test over the same
+test users within each seed, on the per-user metrics a run stored. Every test comes from
+``scipy.stats``. A verdict is "better" or "worse" only when the 95% interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["COMPARISON_COLUMNS", "compare", "min_detectable_difference", "seed_interval",
+           "user_permutation_p", "verdict", "write_comparisons"]
+
+COMPARISON_COLUMNS = ["model", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
+                      "ci_high", "p_value", "verdict", "sd_diff", "mde", "model_mean",
+                      "reference_mean", "macs_ratio", "user_p_values", "users_significant"]
+TOO_FEW_SEEDS = "too few seeds"
+
+
+def seed_interval(diffs: Sequence[float], confidence: float = 0.95):
+    """``(mean, low, high, p_value)`` of paired per-seed differences: the t interval and the
+    two-sided one-sample t test of mean 0 (``scipy.stats.ttest_1samp``, the same as a paired
+    ``ttest_rel``). Fewer than 2 seeds give NaN bounds and p."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if diffs.size == 0:
+        raise ValueError("seed_interval: no paired seeds to compare")
+    mean = float(diffs.mean())
+    if diffs.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    if np.all(diffs == diffs[0]):  # no spread: the interval is the point (scipy returns NaN)
+        return mean, mean, mean, (1.0 if mean == 0 else 0.0)
+    result = stats.ttest_1samp(diffs, 0.0)
+    low, high = result.confidence_interval(confidence_level=confidence)
+    return mean, float(low), float(high), float(result.pvalue)
+
+
+def min_detectable_difference(sd: float, n_seeds: int, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+    """The smallest true mean difference a paired t test over ``n_seeds`` seeds finds with
+    probability ``power`` at two-sided level ``alpha``, given the per-seed differences' standard
+    deviation ``sd``: ``(t_{1-alpha/2} + t_{power}) * sd / sqrt(n)``, n - 1 degrees of freedom."""
+    if n_seeds < 2 or not math.isfinite(sd):
+        return math.nan
+    df = n_seeds - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd
+                 / math.sqrt(n_seeds))
+
+
+def user_permutation_p(model_values, reference_values, n_resamples: int = 9999,
+                       seed: int = 0) -> float:
+    """Two-sided p-value of a paired permutation test (random sign flips of the per-user
+    differences, ``scipy.stats.permutation_test`` with ``permutation_type="samples"``) that the
+    mean per-user difference is 0. Both arrays list the same users in the same order."""
+    x = np.asarray(model_values, dtype=np.float64)
+    y = np.asarray(reference_values, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size == 0:
+        raise ValueError(f"per-user values must be two equal-length 1-D arrays, got {x.shape} "
+                         f"and {y.shape}: were both runs tested on the same users?")
+    if np.array_equal(x, y):
+        return 1.0
+    result = stats.permutation_test(
+        (x, y), lambda a, b, axis: np.mean(a - b, axis=axis), permutation_type="samples",
+        vectorized=True, n_resamples=n_resamples, alternative="two-sided", random_state=seed)
+    return float(result.pvalue)
+
+
+def verdict(low: float, high: float) -> str:
+    """"better" / "worse" when the interval lies above / below 0, else "no difference"."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return TOO_FEW_SEEDS
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no difference"
+
+
+def _by_label_and_seed(records: Iterable[Mapping]) -> Dict[str, Dict[int, Mapping]]:
+    runs: Dict[str, Dict[int, Mapping]] = {}
+    for record in records:
+        if record.get("status", "ok") == "ok" and record.get("test"):
+            runs.setdefault(record["label"], {})[int(record["seed"])] = record
+    return runs
+
+
+def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
+            confidence: float = 0.95, n_resamples: int = 9999) -> List[dict]:
+    """One row per (model, metric) for every label in ``records`` but ``reference``: the paired
+    comparison over the seeds both finished (see :data:`COMPARISON_COLUMNS`).
+
+    A record is a benchmark run file: ``label``, ``seed``, ``test`` (metric -> value) and, when it
+    stored them, ``per_user`` (metric -> list of per-user values, same users in every run).
+    ``macs_ratio`` is the model's mean MACs over the reference's (when both report ``macs``).
+    """
+    runs = _by_label_and_seed(records)
+    if reference not in runs:
+        raise ValueError(f"reference model {reference!r} has no finished run; finished: "
+                         f"{sorted(runs)}")
+    ref_runs = runs[reference]
+    rows = []
+    for label, model_runs in runs.items():
+        if label == reference:
+            continue
+        seeds = sorted(set(model_runs) & set(ref_runs))
+        if not seeds:
+            continue
+        macs_ratio = _ratio([model_runs[s]["test"].get("macs") for s in seeds],
+                            [ref_runs[s]["test"].get("macs") for s in seeds])
+        for metric in metrics:
+            paired = [(model_runs[s]["test"].get(metric), ref_runs[s]["test"].get(metric))
+                      for s in seeds]
+            if any(m is None or r is None for m, r in paired):
+                continue
+            model_values = np.array([m for m, _ in paired], dtype=np.float64)
+            ref_values = np.array([r for _, r in paired], dtype=np.float64)
+            diffs = model_values - ref_values
+            mean, low, high, p = seed_interval(diffs, confidence)
+            sd = float(diffs.std(ddof=1)) if diffs.size > 1 else math.nan
+            user_p = [user_permutation_p(model_runs[s]["per_user"][metric],
+                                         ref_runs[s]["per_user"][metric], n_resamples, seed=s)
+                      for s in seeds if _has_per_user(model_runs[s], ref_runs[s], metric)]
+            rows.append({
+                "model": label, "reference": reference, "metric": metric,
+                "n_seeds": len(seeds), "mean_diff": mean, "ci_low": low, "ci_high": high,
+                "p_value": p, "verdict": verdict(low, high), "sd_diff": sd,
+                "mde": min_detectable_difference(sd, len(seeds), 1 - confidence),
+                "model_mean": float(model_values.mean()),
+                "reference_mean": float(ref_values.mean()), "macs_ratio": macs_ratio,
+                "user_p_values": ";".join(f"{value:.4g}" for value in user_p),
+                "users_significant": (f"{sum(v < 1 - confidence for v in user_p)}/{len(user_p)}"
+                                      if user_p else ""),
+            })
+    return rows
+
+
+def _has_per_user(model_run, ref_run, metric):
+    return (metric in (model_run.get("per_user") or {})
+            and metric in (ref_run.get("per_user") or {}))
+
+
+def _ratio(numerators, denominators):
+    if any(v is None for v in (*numerators, *denominators)):
+        return math.nan
+    bottom = float(np.mean(denominators))
+    return float(np.mean(numerators)) / bottom if bottom else math.nan
+
+
+def write_comparisons(rows: Sequence[Mapping], path) -> Path:
+    """Write ``rows`` (from :func:`compare`) as CSV with :data:`COMPARISON_COLUMNS`."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
