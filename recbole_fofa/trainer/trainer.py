@@ -5,6 +5,7 @@ import math
 import os
 import time
 
+import numpy as np
 from recbole.utils import set_color
 
 from recbole_fofa import checks, compat, distributed
@@ -12,6 +13,7 @@ from recbole_fofa.model import Stage
 from recbole_fofa.search import SearchSettings, build_space
 from recbole_fofa.search import search as run_search
 from recbole_fofa.search.estimator import PredictedQuality, SubnetEstimator
+from recbole_fofa.search.oracle import align_users, route_by_valid
 from recbole_fofa.trainer.base import Trainer
 
 
@@ -223,6 +225,34 @@ class ForwardOFATrainer(Trainer):
         return entry.with_extra(budget=budget, valid_result=valid, test_result=test,
                                 controller=controller)
 
+    def routing_oracle(self, valid_data, test_data, max_macs=None):
+        """Per-user routing's ceiling on this data (:mod:`recbole_fofa.search.oracle`): every
+        sub-network of the search space (at most ``max_macs`` MACs) is evaluated on valid and
+        test with its generated parameters; each user takes the one with the best valid
+        ``search_metric`` (ties: the cheaper). Returns the oracle's test metrics, per-user test
+        values, mean MACs, and users per sub-network. Costs two evaluations per sub-network."""
+        model = getattr(self.model, "module", self.model)
+        metric = self.config["search_metric"].lower()
+        space = build_space(self.config, model.shape)
+        configs = space.enumerate()
+        macs = space.cost(configs)
+        if max_macs is not None:
+            configs = [c for c, m in zip(configs, macs) if m <= max_macs]
+            macs = [m for m in macs if m <= max_macs]
+        if not configs:
+            raise ValueError(f"routing oracle: no sub-network within {max_macs:,} MACs")
+        order = align_users(_eval_users(valid_data), _eval_users(test_data))
+        valid, test = [], {}
+        for cfg in configs:
+            with model.active_subnet(cfg):
+                self.evaluate(valid_data, load_best_model=False)
+                valid.append(self.evaluator.per_user[metric][order])
+                self.evaluate(test_data, load_best_model=False)
+                for key, values in self.evaluator.per_user.items():
+                    test.setdefault(key, []).append(values)
+        return route_by_valid(np.stack(valid), {k: np.stack(v) for k, v in test.items()}, macs,
+                              [c.key for c in configs])
+
     # ------------------------------------------------------------------ checkpoints
     def resume_checkpoint(self, resume_file):
         checkpoint = compat.torch_load_trusted(resume_file, self.device)
@@ -242,3 +272,9 @@ def search_table(result, metric):
                "controller.valid_result.macs", "feasible", "evaluations", "seconds"]
     present = {key for row in result.table() for key in row}
     return result.format_table([c for c in columns if c in present])
+
+
+def _eval_users(data):
+    """User ids of a sequential full-sort evaluation, in the order its results list them."""
+    dataset = data._dataset
+    return dataset.inter_feat[dataset.uid_field].numpy()
