@@ -72,6 +72,11 @@ def build_parser():
     parser.add_argument("--output", type=str, default=None,
                         help="with --benchmark/--analysis: the output folder (default "
                         "fofa-benchmark/ or fofa-analysis/)")
+    parser.add_argument("--routing", action="store_true",
+                        help="with --benchmark: the ForwardOFA runs also score the best fixed "
+                        "sub-network at their own MACs and the per-user routing oracle (each "
+                        "user's best sub-network on valid, scored on test), compared in the "
+                        "report; two evaluations per sub-network of the search space")
     parser.add_argument("--reference", type=str, default=None,
                         help="with --benchmark: the model every other one is compared with "
                         "(paired differences over seeds with 95%% CIs, per-user tests, "
@@ -87,8 +92,9 @@ def main(argv=None):
                                    ("--search", args.search)) if on]
     if len(modes) > 1:
         raise SystemExit(f"run_recbole_fofa: {' and '.join(modes)} cannot be combined")
-    if args.reference is not None and not args.benchmark:
-        raise SystemExit("run_recbole_fofa: --reference is read with --benchmark only")
+    if (args.reference is not None or args.routing) and not args.benchmark:
+        raise SystemExit("run_recbole_fofa: --reference and --routing are read with --benchmark "
+                         "only")
     if args.benchmark:
         run_benchmark_cli(args, rest)
     elif args.analysis is not None:
@@ -136,7 +142,8 @@ def run_benchmark_cli(args, rest):
     flags, seeds, config_file_list = _mode_inputs(args, rest, 3)
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
     report = run_benchmark(args.dataset, config_file_list, flags, models, seeds,
-                           args.output or "fofa-benchmark", reference=args.reference)
+                           args.output or "fofa-benchmark", reference=args.reference,
+                           routing=args.routing)
     budget = report.settings["epoch_budget"]
     print(f"\n{args.dataset}: test metrics, mean ± std over seeds {seeds}; "
           f"{budget['total']} epochs each (ForwardOFA {budget['supernet_epochs']} supernet + "

@@ -189,7 +189,7 @@ def test_cli_seeds_and_modes():
         cli.main(["--benchmark", "--analysis=blocks"])
     with pytest.raises(SystemExit, match="--seeds and --output"):
         cli.main(["--model=SASRec", "--seeds=2"])
-    with pytest.raises(SystemExit, match="--reference is read with --benchmark"):
+    with pytest.raises(SystemExit, match="--reference and --routing are read with"):
         cli.main(["--model=SASRec", "--reference=SASRec"])
 
 
@@ -223,3 +223,24 @@ def test_format_table_styles_and_cells():
         format_table([(1, 2, 3)], ["a", "b"])
     with pytest.raises(ValueError, match="need `columns`"):
         format_table([(1, 2)])
+
+
+@pytest.mark.slow
+def test_routing_compares_the_controller_with_fixed_subnetworks_and_the_oracle(bench, tmp_path):
+    dataset, config = bench
+    report = run_benchmark(dataset, None, config, ["ForwardOFA", "SASRec-3"], [5, 6],
+                           tmp_path / "out", search_budgets=[], progress=False, routing=True)
+    for record in report.records:
+        if record["label"] == "ForwardOFA":
+            assert "routing_error" not in record
+            searched = record["routing"]["searched_at_own_macs"]
+            assert searched["test"]["macs"] <= record["test"]["macs"] + 1e-6
+            oracle = record["routing"]["oracle"]
+            assert sum(oracle["users_per_config"].values()) == record["test_users"]
+    labels = {r["label"] for r in report.routing_records()}
+    assert labels == {"ForwardOFA search@own", "ForwardOFA oracle"}
+    pairs = {(c["model"], c["reference"]) for c in report.comparisons()}
+    assert pairs == {("ForwardOFA", "SASRec-3"), ("ForwardOFA search@own", "SASRec-3"),
+                     ("ForwardOFA oracle", "SASRec-3"), ("ForwardOFA", "ForwardOFA search@own"),
+                     ("ForwardOFA oracle", "ForwardOFA")}
+    assert all(c["n_seeds"] == 2 for c in report.comparisons())

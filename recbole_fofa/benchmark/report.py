@@ -62,16 +62,46 @@ class BenchmarkReport:
         finished = {r["label"] for r in self.records if r["status"] == "ok"}
         return reference if reference in finished else None
 
+    def routing_records(self) -> List[Dict[str, Any]]:
+        """Run-like records of what the ForwardOFA runs' ``routing`` scored (benchmark
+        ``routing=True``): ``<label> search@own`` (the best fixed sub-network at its MACs) and
+        ``<label> oracle`` (each user's best sub-network on valid), per seed."""
+        derived = []
+        for record in self.records:
+            routing = record.get("routing") if record["status"] == "ok" else None
+            if not routing:
+                continue
+            searched, oracle = routing["searched_at_own_macs"], routing["oracle"]
+            for suffix, test, per_user in (
+                    ("search@own", searched["test"], searched["per_user"]),
+                    ("oracle", {**oracle["test"], "macs": oracle["macs"]}, oracle["per_user"])):
+                derived.append({"label": f"{record['label']} {suffix}", "seed": record["seed"],
+                                "status": "ok", "test": test, "per_user": per_user})
+        return derived
+
     def comparisons(self) -> List[Dict[str, Any]]:
-        """Paired comparisons with :attr:`reference` for every quality metric
-        (:func:`recbole_fofa.benchmark.stats.compare`); empty without a reference."""
+        """Paired comparisons (:func:`recbole_fofa.benchmark.stats.compare`) for every quality
+        metric: each model and routing record with :attr:`reference`, and, where the runs
+        scored routing, ForwardOFA against its best fixed sub-network at the same MACs and the
+        routing oracle against ForwardOFA. Empty without a reference."""
         if self._comparisons is None:
-            self._comparisons = ([] if self.reference is None else
-                                 stats.compare(self.records, self.reference, QUALITY))
+            self._comparisons = []
+            if self.reference is not None:
+                routing = self.routing_records()
+                self._comparisons = stats.compare(self.records + routing, self.reference,
+                                                  QUALITY)
+                labels = {r["label"] for r in routing}
+                for model, reference in (("ForwardOFA", "ForwardOFA search@own"),
+                                         ("ForwardOFA oracle", "ForwardOFA")):
+                    if {model, reference} <= labels | {"ForwardOFA"}:
+                        pair = [r for r in self.records + routing
+                                if r["label"] in (model, reference)]
+                        self._comparisons += stats.compare(pair, reference, QUALITY)
         return self._comparisons
 
     def _primary_comparisons(self):
-        return {row["model"]: row for row in self.comparisons() if row["metric"] == PRIMARY}
+        return {row["model"]: row for row in self.comparisons()
+                if row["metric"] == PRIMARY and row["reference"] == self.reference}
 
     # ------------------------------------------------------------------ aggregation
     def labels(self):

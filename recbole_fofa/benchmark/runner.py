@@ -170,19 +170,37 @@ def _search(trained, budgets):
     return rows, result.settings.get("search_seconds")
 
 
-def _run_key(variant, seed, dataset, config_file_list, common, search_budgets):
-    return settings_key(dataset, sorted(common.items()), variant.model,
-                        sorted(variant.overrides.items()), seed, search_budgets,
-                        config_file_list=config_file_list)
+def _run_key(variant, seed, dataset, config_file_list, common, search_budgets, routing=False):
+    parts = [dataset, sorted(common.items()), variant.model, sorted(variant.overrides.items()),
+             seed, search_budgets]
+    if routing and variant.label == "ForwardOFA":  # keys of runs without it stay as they were
+        parts.append("routing")
+    return settings_key(*parts, config_file_list=config_file_list)
+
+
+def _routing(trained, macs):
+    """What per-user routing is worth on this run: the best fixed sub-network within
+    ForwardOFA's own mean test MACs ``macs`` (the search, by valid) and the routing oracle (each
+    user's best sub-network on valid), both scored on test with their per-user values."""
+    trainer, model = trained.trainer, trained.model
+    result = trainer.search(trained.valid_data, None, [f"{macs:.0f} MACs"], show_progress=False)
+    entry = result.budgets[0]
+    with model.active_subnet(entry.config):
+        test, _ = trained.evaluate(trained.test_data)
+        per_user = trainer.per_user_results()
+    searched = {"config": entry.config.key, "budget_macs": entry.budget_macs, "test": test,
+                "per_user": per_user}
+    return {"searched_at_own_macs": searched,
+            "oracle": trainer.routing_oracle(trained.valid_data, trained.test_data)}
 
 
 def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir, supernets,
-            search_budgets):
+            search_budgets, routing=False):
     """Train, time and test one (variant, seed); returns the run record (a JSON-able dict)."""
     record = {"label": variant.label, "model": variant.model, "kind": variant.kind,
               "seed": seed, "overrides": variant.overrides, "status": "ok", "error": None,
               "settings_key": _run_key(variant, seed, dataset, config_file_list, common,
-                                       search_budgets)}
+                                       search_budgets, routing)}
     start = time.perf_counter()
     try:
         settings = _run_settings(variant, seed, common, budget, output_dir)
@@ -212,6 +230,11 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             training=trained.trainer.training_summary(),
             per_user=trained.trainer.per_user_results(),
         )
+        if variant.label == "ForwardOFA" and routing:
+            try:  # as the search: a failure leaves the trained run's row intact
+                record["routing"] = _routing(trained, test["macs"])
+            except Exception as err:
+                record["routing_error"] = f"{type(err).__name__}: {err}"
         if variant.label == "ForwardOFA" and search_budgets:
             try:  # a failed search leaves the trained run's row intact
                 record["search"], record["search_seconds"] = _search(trained, search_budgets)
@@ -252,13 +275,17 @@ def run_benchmark(
     search_budgets: Sequence[Any] | None = None,
     progress: bool = True,
     reference: str | None = None,
+    routing: bool = False,
 ):
     """Run every model over every seed (finished runs in ``output_dir/runs`` are skipped) and
     write the report; returns the :class:`~recbole_fofa.benchmark.report.BenchmarkReport`.
 
     ``models``: labels for :func:`resolve_variants` (default: :func:`default_variants`).
     ``search_budgets``: the ForwardOFA run's search (default: the config's ``search_budgets``,
-    else :data:`SEARCH_BUDGETS`; ``[]`` searches nothing).
+    else :data:`SEARCH_BUDGETS`; ``[]`` searches nothing). ``reference``: the label every model
+    is compared with (:func:`check_reference`). ``routing``: the ForwardOFA run also scores the
+    best fixed sub-network at its own MACs and the per-user routing oracle, which the report
+    compares as ``ForwardOFA search@own`` and ``ForwardOFA oracle``.
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -285,13 +312,13 @@ def run_benchmark(
             path = runs_dir / f"{_file_stem(variant.label, seed)}.json"
             bar.set_postfix_str(f"{variant.label} seed {seed}")
             key = _run_key(variant, seed, dataset, config_file_list, common,
-                           list(search_budgets))
+                           list(search_budgets), routing)
             if path.is_file():
                 stored = json.loads(path.read_text())
                 if stored.get("status") == "ok" and stored.get("settings_key") == key:
                     continue  # finished in an earlier invocation with the same settings
             record = run_one(variant, seed, dataset, config_file_list, common, budget,
-                             output_dir, supernets, list(search_budgets))
+                             output_dir, supernets, list(search_budgets), routing)
             path.write_text(json.dumps(record, indent=1, default=_json_default))
     records = [json.loads((runs_dir / f"{_file_stem(v.label, s)}.json").read_text())
                for s in seeds for v in variants]
