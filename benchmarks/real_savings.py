@@ -120,9 +120,10 @@ def build(name, config_files, config_dict):
     return config, model, trainer, test
 
 
-def checkpoint_keys(path):
-    """(ForwardOFA keys of the checkpoint's config, checkpoint)."""
-    checkpoint = compat.torch_load_trusted(path, map_location="cpu")
+def checkpoint_keys(path, trust=False):
+    """(ForwardOFA keys of the checkpoint's config, checkpoint); ``trust``: the config key
+    ``trust_checkpoint`` (full unpickling, for files you trust)."""
+    checkpoint = compat.load_checkpoint_file(path, "cpu", trust)
     saved = checkpoint["config"]
     if saved["model"] != "ForwardOFA":
         raise ValueError(f"--checkpoint {path}: a {saved['model']} checkpoint; expected "
@@ -211,6 +212,8 @@ def breakdown(model, batch, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained ForwardOFA checkpoint (.pth)")
+    parser.add_argument("--trust_checkpoint", action="store_true", help="unpickle the "
+                        "checkpoint fully (runs any code in it: only for files you trust)")
     parser.add_argument("--structures", help=f"forced structures (default without a "
                         f"checkpoint: {DEFAULT_STRUCTURES}), or 'all'")
     parser.add_argument("--shares", default=None, help=f"their shares (default "
@@ -231,7 +234,8 @@ def main():
     sys.argv = sys.argv[:1]  # RecBole's Config would read our flags as config keys
 
     with tempfile.TemporaryDirectory() as workdir, contextlib.chdir(workdir), quiet_console():
-        settings, saved = ({}, None) if checkpoint is None else checkpoint_keys(checkpoint)
+        settings, saved = ({}, None) if checkpoint is None else checkpoint_keys(checkpoint,
+                                                                          args.trust_checkpoint)
         settings["state"] = "ERROR"
         config, fofa, trainer, test = build("ForwardOFA", config_files, settings)
         if saved is not None:

@@ -193,7 +193,9 @@ class ListOf(Rule):
 STAGE2 = "stage2"  # acts in stage 2 only: runs differing in it alone can share the supernet
 RELOAD = "reload"  # a reloaded checkpoint may change it: it alters neither weights nor the split
 SIZE = "size"  # a size the memory estimate may name, with its shipped default, when too big
-FLAGS = (STAGE2, RELOAD, SIZE)
+RESUME = "resume"  # a resumed run may change it: the length of a stage (as RecBole's `epochs`)
+SPACE = "space"  # a reload key that still shapes training: the space the supernet stage samples
+FLAGS = (STAGE2, RELOAD, SIZE, RESUME, SPACE)
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,9 @@ COMMON_KEYS: Dict[str, Key] = _table(registry.shipped_defaults(), {
     "epochs": (integer(0), STAGE2),
     "train_batch_size": (integer(1), SIZE),
     "eval_batch_size": (integer(1), RELOAD, SIZE),
-    "learning_rate": (number(0, low_open=True),),
+    "learning_rate": (number(0),),  # 0 trains nothing, as in RecBole (its tests use it)
     "weight_decay": (number(0),),
-    "stopping_step": (integer(1),),
+    "stopping_step": (integer(0),),  # 0: stop at the first validation without improvement
     "eval_step": (integer(0),),
     "seed": (integer(0, 2**32 - 1),),  # numpy's seed range (init_seed seeds numpy too)
     "metric_decimal_place": (integer(0), RELOAD),
@@ -250,6 +252,14 @@ COMMON_KEYS: Dict[str, Key] = _table(registry.shipped_defaults(), {
                           "null (nccl on GPUs, gloo on CPUs), 'gloo' or 'nccl'",
                           ("mpi", "NCCL", 1)),),
     "dist_timeout": (number(0, low_open=True),),
+    # checkpoints load only what RecBole's and the plugin's hold unless this is true (compat C1)
+    "trust_checkpoint": (Rule(lambda v: isinstance(v, bool), "true or false (true unpickles "
+                              "the file fully: only for files you trust)", (1, "yes", None)),
+                         RELOAD),
+    # the escape from the unknown-key check (check_key_names): keys of the user's own model
+    "extra_keys": (Rule(lambda v: v is None or (isinstance(v, list) and all(
+        isinstance(k, str) and k.isidentifier() for k in v)),
+        "null or a list of config key names (your own model's keys)", ("my_key", [1], [""])),),
 })
 
 # Backbone keys mean what they mean for SASRec: its YAML gives their defaults.
@@ -315,7 +325,7 @@ MODEL_KEYS: Dict[str, Dict[str, Key]] = {
         "mapper_mode": (choice(MAPPER_MODES, "serial"), STAGE2),
         "mapper_rank": (integer(1), STAGE2, SIZE),
         "mapper_hidden": (integer(1), STAGE2, SIZE),
-        "supernet_epochs": (integer(0),),
+        "supernet_epochs": (integer(0), RESUME),
         "supernet_subnets": (integer(0, MAX_SUBNETS), SIZE),
         "supernet_full_epochs": (integer(0),),
         "distill_weight": (number(0),),
@@ -326,17 +336,17 @@ MODEL_KEYS: Dict[str, Dict[str, Key]] = {
                                (1.5, -1, 0, "fast", float("nan"), "1.2 MACs/s", True)), STAGE2),
         "n_candidates": (optional(integer(1)),),
         # subnet search (recbole_fofa.search; docs/search.md)
-        "search_space": (choice(SEARCH_SPACES, "Elastic"), RELOAD),
+        "search_space": (choice(SEARCH_SPACES, "Elastic"), RELOAD, SPACE),
         "width_choices": (ListOf(is_fraction, "fractions of inner_size in (0, 1]",
-                                 ([], [0], [1.5], [0.5, 0.5], 0.5, None, [True])), RELOAD),
+                                 ([], [0], [1.5], [0.5, 0.5], 0.5, None, [True])), RELOAD, SPACE),
         "head_choices": (ListOf(lambda v: is_int(v) and v >= 1, "head counts (integers >= 1)",
-                                ([], [0], [1.5], [2, 2], 2, None)), RELOAD),
+                                ([], [0], [1.5], [2, 2], 2, None)), RELOAD, SPACE),
         "compound_widths": (ListOf(is_fraction, "fractions of inner_size in (0, 1], one per "
                                    "number of kept blocks", ([], [0.0], [2], None, "0.5"),
-                                   distinct=False), RELOAD),
+                                   distinct=False), RELOAD, SPACE),
         "compound_heads": (ListOf(lambda v: is_int(v) and v >= 1, "head counts (integers >= "
                                   "1), one per number of kept blocks", ([], [0], [1.5], None),
-                                  distinct=False), RELOAD),
+                                  distinct=False), RELOAD, SPACE),
         "search_budgets": (ListOf(is_budget, f"budgets, each {BUDGET_FORMS}",
                                   ([], [1.5], 0.5, ["fast"], [0.5, 0.5], [None], [0, 0.5]),
                                   nullable=True), RELOAD),
@@ -385,6 +395,23 @@ MODEL_CHECKS: Dict[str, Dict[str, Rule]] = {name: _rules(t) for name, t in MODEL
 STAGE2_KEYS = frozenset(flagged(STAGE2))
 #: Keys a reloaded checkpoint's config may change: none alters the model's weights or the split.
 RELOAD_OVERRIDABLE = frozenset(flagged(RELOAD))
+#: Model keys a resumed run may change: the length of a stage (as RecBole's own `epochs`).
+RESUME_FREE_KEYS = frozenset(flagged(RESUME))
+#: Reload keys that still shape training: the sub-network space the supernet stage samples.
+TRAINED_SPACE_KEYS = frozenset(flagged(SPACE))
+
+
+def method_keys(model):
+    """Keys that define ``model``'s (a name or class) method, which a checkpoint resumes only
+    under the same values: a plugin model's key table, else the keys of the RecBole model's YAML,
+    less :data:`RESUME_FREE_KEYS` and the reload keys that do not shape training."""
+    name, _ = resolve_model({}, model)
+    if name in MODEL_KEYS:
+        reads = set(MODEL_KEYS[name])
+    else:
+        reads = set(recbole_model_keys(name) | registry.plugin_model_keys(name))
+    return frozenset(key for key in reads if key not in RESUME_FREE_KEYS
+                     and (key not in RELOAD_OVERRIDABLE or key in TRAINED_SPACE_KEYS))
 
 
 # ----------------------------------------------------------------------------- key checks
@@ -681,8 +708,9 @@ def check_metrics(config):
 
 __all__ = [
     "BACKBONE_CHECKS", "BACKBONE_KEYS", "COMMON_CHECKS", "COMMON_KEYS", "EVOLUTION_KEYS", "FLAGS",
-    "KEY_TABLES", "Key", "MODEL_CHECKS", "MODEL_KEYS", "RELOAD", "RELOAD_OVERRIDABLE", "RUN_KEYS",
-    "Rule", "SIZE", "STAGE2", "STAGE2_KEYS", "allowed_valid_metrics", "check_evolution",
-    "check_keys", "check_metrics", "check_value", "flagged", "is_int", "plain_values",
+    "KEY_TABLES", "Key", "MODEL_CHECKS", "MODEL_KEYS", "RELOAD", "RELOAD_OVERRIDABLE",
+    "RESUME", "RESUME_FREE_KEYS", "RUN_KEYS", "Rule", "SIZE", "SPACE", "STAGE2", "STAGE2_KEYS",
+    "TRAINED_SPACE_KEYS", "allowed_valid_metrics", "check_evolution", "check_keys",
+    "check_metrics", "check_value", "flagged", "is_int", "method_keys", "plain_values",
     "resolve_model", "rules_for", "search_cost_bounds", "supernet_block_passes",
 ]

@@ -5,15 +5,23 @@ training; ``--search_budgets="[0.3, 0.6]"`` and the other search keys are read f
 ``--benchmark`` runs ForwardOFA, its ablations and RecBole's baselines over ``--seeds`` and writes a
 table, a CSV and a PNG to ``--output`` (docs/benchmarks.md); ``--analysis=NAME`` runs one of the
 paper's analyses (:data:`ANALYSES`).
+
+Flag names and values are checked before anything runs: values are literals, never evaluated
+(compat C17); an unknown ``--key`` is an error naming the closest known keys unless one of the
+``--config_files`` sets it or lists it in ``extra_keys``; an error caused by the input prints as
+one message without a traceback (``--debug`` shows it).
 """
 
 import argparse
-import ast
 import importlib
+import sys
+from pathlib import Path
 
-from recbole_fofa import distributed
+from recbole_fofa import compat, distributed
 from recbole_fofa.benchmark.runner import run_benchmark
+from recbole_fofa.config import resolve_config_files, shipped_configs
 from recbole_fofa.experiment import quiet_console
+from recbole_fofa.key_names import check_key_names
 from recbole_fofa.quick_start import (
     comparison_table,
     results_table,
@@ -21,6 +29,7 @@ from recbole_fofa.quick_start import (
     search_worker,
     searching_trainer,
 )
+from recbole_fofa.registry import read_yaml
 from recbole_fofa.trainer.trainer import search_table
 
 #: --analysis names -> "module:function" (imported when used)
@@ -32,21 +41,35 @@ ANALYSES = {
     "mapper": "recbole_fofa.analysis.mapper:run_mapper",
 }
 DEFAULT_SEED = 2020  # RecBole's default `seed`
+#: errors a user's input causes (bad values, names, files): one message, no traceback
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 def build_parser():
+    shipped = ", ".join(shipped_configs())
     parser = argparse.ArgumentParser(
         prog="run_recbole_fofa",
         allow_abbrev=False,  # `--seed=1` is a config key, not an abbreviation of --seeds
-        description="Train and test a recbole_fofa or RecBole model. Any other --key=value flag "
-        "becomes a RecBole config entry (e.g. --epochs=5 --hidden_size=32).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train and test a recbole_fofa or RecBole model (default: ForwardOFA on "
+        "ml-100k). Any other --key=value flag\nbecomes a RecBole config entry (e.g. --epochs=5 "
+        "--hidden_size=32); an unknown key is an error.",
+        epilog=f"shipped configs, usable by name from any folder: {shipped}\n  (e.g. "
+        "--config_files=main.yaml, the README job; a file of that name in the working folder "
+        "wins)\n--trust_checkpoint (= --trust_checkpoint=true): load checkpoints with full "
+        "unpickling, which runs any code\n  pickled into them: only for files you trust "
+        "(docs/usage.md, \"Checkpoints\")\ndocs: docs/usage.md",
     )
     parser.add_argument("--model", "-m", type=str, default=None,
                         help="model name, or several separated by commas to compare them "
                         "(default ForwardOFA; with --benchmark: ForwardOFA, its ablations and "
                         "RecBole's sequential baselines, or labels such as SASRec-6)")
-    parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
-    parser.add_argument("--config_files", type=str, default=None, help="space-separated files")
+    parser.add_argument("--dataset", "-d", type=str, default="ml-100k",
+                        help="dataset name (default ml-100k: RecBole's bundled copy, unless "
+                        "data_path holds one)")
+    parser.add_argument("--config_files", type=str, default=None,
+                        help="space-separated YAML files; a shipped config's name (see below) "
+                        "works from any folder (default: none, the YAML defaults)")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes on this machine: DDP training (one per GPU, or gloo "
                         "processes on CPUs; docs/distributed.md); with --search, processes "
@@ -81,12 +104,49 @@ def build_parser():
                         help="with --benchmark: the model every other one is compared with "
                         "(paired differences over seeds with 95%% CIs, per-user tests, "
                         "comparisons.csv; default SASRec-<n_blocks> when it runs)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its message alone")
     return parser
 
 
 def main(argv=None):
-    """Console entry point: run the models (or the search), print the results; exit status 0."""
-    args, rest = build_parser().parse_known_args(argv)
+    """Console entry point: run the models (or the search), print the results; exit status 0.
+
+    An error of the user's input (:data:`USER_ERRORS`) exits with its message alone
+    (``SystemExit``), unless ``--debug``."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return _main(parser, args, rest, argv)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        raise SystemExit(f"run_recbole_fofa: error: {err}\n(--debug shows the traceback)") from err
+
+
+def check_flags(parser, args, rest):
+    """The config flags ``rest`` as ``{key: value}``, after the unknown-key check (declared:
+    the keys the config files set, and ``extra_keys``); resolves ``args.config_files``
+    (``args.config_file_list``), saying when a shipped config is used."""
+    names = args.config_files.split() if args.config_files else []
+    args.config_file_list = resolve_config_files(names) or None
+    for name, path in zip(names, args.config_file_list or ()):
+        if name != path:
+            print(f"run_recbole_fofa: --config_files: {name} is the shipped {path}",
+                  file=sys.stderr)
+    flags = config_flags(rest)
+    declared = set(flags.get("extra_keys") or ())
+    for path in args.config_file_list or ():
+        values = read_yaml(Path(path))
+        declared |= set(values) | set(values.get("extra_keys") or ())
+    own = [action.dest for action in parser._actions if action.dest != "help"]
+    check_key_names(flags, strict=True, declared=declared, also_known=own, source="flag",
+                    spell=lambda key: f"--{key}")
+    return flags
+
+
+def _main(parser, args, rest, argv):
+    flags = check_flags(parser, args, rest)
     modes = [name for name, on in (("--benchmark", args.benchmark),
                                    ("--analysis", args.analysis is not None),
                                    ("--search", args.search)) if on]
@@ -105,7 +165,7 @@ def main(argv=None):
         if args.seeds is not None or args.output is not None:
             raise SystemExit("run_recbole_fofa: --seeds and --output are read with --benchmark "
                              "or --analysis only")
-        run_models(argv)
+        run_models(args, flags)
     return 0
 
 
@@ -133,8 +193,7 @@ def _mode_inputs(args, rest, default_count):
     flags = config_flags(rest)
     seeds = parse_seeds(args.seeds, int(flags.get("seed", DEFAULT_SEED)), default_count)
     flags.pop("seed", None)
-    config_file_list = args.config_files.strip().split(" ") if args.config_files else None
-    return flags, seeds, config_file_list
+    return flags, seeds, args.config_file_list
 
 
 def run_benchmark_cli(args, rest):
@@ -178,13 +237,11 @@ def run_analysis_cli(args, rest):
     return result
 
 
-def run_models(argv=None):
-    """Parse flags (unknown ones are left to RecBole's Config), run each model, print metrics.
-
-    Returns ``{model: run_recbole_fofa result}``.
+def run_models(args, flags):
+    """Run each model of ``args`` (config flags ``flags``, as checked by :func:`check_flags`),
+    print its metrics. Returns ``{model: run_recbole_fofa result}``.
     """
-    args, _ = build_parser().parse_known_args(argv)
-    config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    config_file_list = args.config_file_list
     results = {}
     for model in [name.strip() for name in (args.model or "ForwardOFA").split(",")
                   if name.strip()]:
@@ -192,6 +249,7 @@ def run_models(argv=None):
             model,
             args.dataset,
             config_file_list=config_file_list,
+            config_dict=dict(flags) or None,  # also when main() is given argv, not sys.argv
             nproc=args.nproc,
             world_size=args.world_size,
             ip=args.ip,
@@ -210,16 +268,17 @@ def run_models(argv=None):
 
 def config_flags(flags):
     """``{key: value}`` of ``--key=value`` flags, values read as RecBole reads command-line
-    values (Python literals: numbers, lists, None, True/False; anything else a string)."""
+    values (Python literals: numbers, lists, None, True/False; anything else a string), never
+    evaluated (:func:`recbole_fofa.compat.literal_config_value`). A bare ``--trust_checkpoint``
+    is ``--trust_checkpoint=True``."""
     out = {}
     for flag in flags:
+        if flag == "--trust_checkpoint":  # the one bare config flag: a deliberate opt-in
+            flag = "--trust_checkpoint=True"
         name, sep, text = flag[2:].partition("=") if flag.startswith("--") else ("", "", "")
         if not sep or not name:
             raise ValueError(f"unrecognised argument {flag!r}: config flags are --key=value")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False}.get(text.lower(), text)
+        value = compat.literal_config_value(text)
         if name in out and out[name] != value:
             raise ValueError(f"config flag --{name} is given twice with different values")
         out[name] = value

@@ -296,6 +296,11 @@ def _needs(config, files):
                     f"name of the timestamp column of {config['dataset']}.inter"
                 )
             needs.append(Need("inter", config["TIME_FIELD"], "TIME_FIELD", why))
+    elif config["MODEL_TYPE"] == ModelType.SEQUENTIAL and iid is not None:
+        # RecBole's pre-split sequential format: each row holds the history and the next item
+        needs.append(Need("inter", iid + config["LIST_SUFFIX"], "benchmark_filename",
+                          "a pre-split dataset of a sequential model gives each row's item "
+                          "history (RecBole's SequentialDataset._benchmark_presets reads it)"))
     threshold = config["threshold"]
     if isinstance(threshold, dict):
         for field in threshold:

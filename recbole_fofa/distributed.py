@@ -379,13 +379,23 @@ def unsharded(eval_data):
     return type(eval_data)(config, eval_data._dataset, eval_data._sampler, shuffle=False)
 
 
-def load_checkpoint(path, device=None):
-    """The checkpoint at ``path``: read by rank 0 and broadcast, so ranks on machines without
-    rank 0's file system get it too (one process: read here)."""
+def load_checkpoint(path, device=None, trust=False):
+    """The checkpoint at ``path``, read by :func:`recbole_fofa.compat.load_checkpoint_file`
+    (``trust``: config key ``trust_checkpoint``): by rank 0 and broadcast, so ranks on machines
+    without rank 0's file system get it too (one process: read here)."""
     if not is_distributed():
-        return compat.torch_load_trusted(path, device)
-    checkpoint = compat.torch_load_trusted(path, "cpu") if get_rank() == 0 else None
-    return broadcast_object(checkpoint)
+        return compat.load_checkpoint_file(path, device, trust)
+    if get_rank() != 0:
+        checkpoint, error = broadcast_object(None)
+        if error is not None:  # rank 0 raised the full error; the others stop too, not hang
+            raise RuntimeError(f"rank 0 could not read the checkpoint: {error}")
+        return checkpoint
+    try:
+        checkpoint = compat.load_checkpoint_file(path, "cpu", trust)
+    except Exception as err:
+        broadcast_object((None, str(err)))
+        raise
+    return broadcast_object((checkpoint, None))[0]
 
 
 # ----------------------------------------------------------------------------- rank-0-only files

@@ -213,9 +213,13 @@ def load_data_and_model(model_file, config_dict=None):
 
     ``config_dict`` overrides keys of the saved config that do not change the model or the data
     split (:data:`RELOAD_OVERRIDABLE`: the search keys, evaluation batch size, metrics, ...); it is
-    checked like any config before the dataset loads.
+    checked like any config before the dataset loads. The file is read by
+    :func:`~recbole_fofa.compat.load_checkpoint_file`: ``trust_checkpoint: true`` in
+    ``config_dict`` unpickles it fully (only for files you trust).
     """
-    checkpoint = compat.torch_load_trusted(model_file, "cpu")  # moved to the device below
+    trust = (config_dict or {}).get("trust_checkpoint", False)
+    checks.COMMON_CHECKS["trust_checkpoint"]("trust_checkpoint", trust)
+    checkpoint = compat.load_checkpoint_file(model_file, "cpu", trust)  # to the device below
     config = checkpoint["config"]
     config.compatibility_settings()  # an unpickled Config skipped the numpy aliases of __init__
     apply_overrides(config, config_dict)

@@ -6,6 +6,7 @@ trip over is refused before any data loads, without a hand-kept copy of RecBole'
 
 import ast
 import inspect
+import re
 import textwrap
 from functools import cache
 from pathlib import Path
@@ -85,6 +86,36 @@ def recbole_model_keys(model_name):
     return frozenset(yaml.safe_load(path.read_text()) or {})
 
 
+# A key read from a config in source: config["key"], config.get("key"), final_config_dict["key"]
+_CONFIG_READ = re.compile(r"""config(?:_dict)?(?:\[|\.get\(\s*)["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+
+
+def config_keys_read(package_dir):
+    """Keys the Python files under ``package_dir`` read from a config (by the pattern above)."""
+    keys = set()
+    for path in Path(package_dir).rglob("*.py"):
+        keys.update(_CONFIG_READ.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return keys
+
+
+@cache
+def recbole_config_keys():
+    """Every config key RecBole 1.2.1 knows: the keys of its YAML files (overall, every model,
+    every dataset, the quick-start configs), its argument lists, and the keys its code reads
+    (``nproc``, ``benchmark_filename``, ``local_rank``, ...). Read once (about 0.25 s)."""
+    from recbole.utils import argument_list
+
+    root = Path(recbole.__file__).resolve().parent
+    keys = config_keys_read(root)
+    for path in (root / "properties").rglob("*.yaml"):
+        if not path.name.endswith("url.yaml"):  # dataset name -> download URL, not keys
+            keys.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    for name in ("general_arguments", "training_arguments", "evaluation_arguments",
+                 "dataset_arguments"):
+        keys.update(getattr(argument_list, name))
+    return frozenset(keys)
+
+
 # ----------------------------------------------------------------------------- metrics
 # The registry is read at call time: the plugin adds its cost metrics to it when imported.
 
@@ -120,6 +151,6 @@ def smaller_metrics():
     return set(metric_registry.smaller_metrics)
 
 
-__all__ = ["activation_names", "is_registered_metric", "is_topk_metric", "loss_type_names",
-           "metric_names", "metric_names_of", "metric_type", "recbole_model_keys",
-           "smaller_metrics"]
+__all__ = ["activation_names", "config_keys_read", "is_registered_metric", "is_topk_metric",
+           "loss_type_names", "metric_names", "metric_names_of", "metric_type",
+           "recbole_config_keys", "recbole_model_keys", "smaller_metrics"]

@@ -99,7 +99,7 @@ def default_config_file(name, kind="model"):
     return str(path)
 
 
-def _read_yaml(path):
+def read_yaml(path):
     """A YAML file as RecBole reads it (its loader turns ``1e-12`` into a float); {} if absent."""
     if not path.is_file():
         return {}
@@ -111,19 +111,19 @@ def _read_yaml(path):
 @cache
 def plugin_model_keys(model_name):
     """Keys of the plugin's ``properties/model/<model>.yaml`` (empty if it has none)."""
-    return frozenset(_read_yaml(properties_dir() / "model" / f"{model_name}.yaml"))
+    return frozenset(read_yaml(properties_dir() / "model" / f"{model_name}.yaml"))
 
 
 @cache
 def _shipped(model_name):
     recbole_props = _RECBOLE_ROOT / "properties"
-    values = _read_yaml(recbole_props / "overall.yaml")
+    values = read_yaml(recbole_props / "overall.yaml")
     if model_name is not None:
-        values.update(_read_yaml(recbole_props / "model" / f"{model_name}.yaml"))
-    values.update(_read_yaml(recbole_props / "dataset" / "sample.yaml"))
-    values.update(_read_yaml(properties_dir() / "overall.yaml"))
+        values.update(read_yaml(recbole_props / "model" / f"{model_name}.yaml"))
+    values.update(read_yaml(recbole_props / "dataset" / "sample.yaml"))
+    values.update(read_yaml(properties_dir() / "overall.yaml"))
     if model_name is not None:
-        values.update(_read_yaml(properties_dir() / "model" / f"{model_name}.yaml"))
+        values.update(read_yaml(properties_dir() / "model" / f"{model_name}.yaml"))
     return values
 
 
@@ -136,4 +136,4 @@ def shipped_defaults(model_name=None):
 
 
 __all__ = ["PLUGIN_MODELS", "RECBOLE_MODEL_PACKAGES", "default_config_file", "get_model",
-           "plugin_model_keys", "properties_dir", "shipped_defaults"]
+           "plugin_model_keys", "properties_dir", "read_yaml", "shipped_defaults"]

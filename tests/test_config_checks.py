@@ -111,7 +111,7 @@ def test_derived_key_lists_keep_their_values():
     assert RELOAD_OVERRIDABLE == checks.RELOAD_OVERRIDABLE == search | {
         "width_choices", "head_choices", "compound_widths", "compound_heads", "eval_batch_size",
         "show_progress", "state", "checkpoint_dir", "metrics", "topk", "metric_decimal_place",
-        "valid_metric"}
+        "valid_metric", "trust_checkpoint"}
     assert memory.REFERENCE == {
         "n_blocks": 6, "n_layers": 2, "supernet_subnets": 2, "hidden_size": 64,
         "inner_size": 256, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 2048,

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import latest_log_text, planted_config
 
-from recbole_fofa import Config, distributed
+from recbole_fofa import Config, compat, distributed
 from recbole_fofa.distributed import PortInUseError
 from recbole_fofa.quick_start import load_data_and_model, prepare, run, search_checkpoint
 from recbole_fofa.utils import get_trainer
@@ -183,7 +183,7 @@ def test_only_rank_0_writes_and_the_checkpoint_reloads_in_one_process(forward_of
     boards = list((workdir / "log_tensorboard").iterdir())
     # rank 0 of the two-process run and the one-process run: one log and one board each
     assert len(logs) == 2 and len(boards) == 2
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = compat.load_checkpoint_file(checkpoint)
     assert saved["config"]["single_spec"] is True and "world_size" not in saved["config"]
     assert not any(k.startswith("module.") for k in saved["state_dict"])
     config, net, _, _, _, test = load_data_and_model(str(checkpoint))

@@ -145,7 +145,7 @@ def test_save_then_load_gives_identical_scores(fofa, tmp_path):
     batch = next(iter(test))[0]
     model.eval()
     scores = model.full_sort_predict(batch)
-    checkpoint = compat.torch_load_trusted(trainer.saved_model_file)
+    checkpoint = compat.load_checkpoint_file(trainer.saved_model_file)
     assert checkpoint["other_parameter"]["stage"] == "adapt"
 
     _, fresh, _ = prepare("ForwardOFA", dataset, config_dict=config)

@@ -101,8 +101,9 @@ def test_plugin_yaml_layers_under_user_settings(planted):
     plugin = yaml.safe_load((properties_dir() / "overall.yaml").read_text())
     defaults = Config(model="SASRec", dataset=dataset,
                       config_dict={"data_path": config["data_path"]})
-    # only the distributed-run keys, which a one-process run never reads
-    assert set(plugin) == {"dist_backend", "dist_timeout"}
+    # only the distributed-run keys, which a one-process run never reads, the declared keys of
+    # the user's own model (null) and the checkpoint-loading opt-in (false)
+    assert set(plugin) == {"dist_backend", "dist_timeout", "extra_keys", "trust_checkpoint"}
     assert defaults["valid_metric"] == "MRR@10"  # RecBole's default stays
     overridden = Config(model="SASRec", dataset=dataset, config_dict=config)
     assert overridden["valid_metric"] == "NDCG@10" and overridden["metrics"] == ["NDCG", "Hit"]
@@ -133,7 +134,7 @@ def test_best_checkpoint_reload_and_resume(planted):
             parameter.add_(1.0)
     after = trainer.evaluate(test, load_best_model=True)
     assert before == after
-    checkpoint = recbole_fofa.compat.torch_load_trusted(trainer.saved_model_file)
+    checkpoint = recbole_fofa.compat.load_checkpoint_file(trainer.saved_model_file)
     for key, value in model.state_dict().items():
         assert torch.equal(value, checkpoint["state_dict"][key])
     assert set(saved) == set(checkpoint["state_dict"])
@@ -184,6 +185,7 @@ def test_cli_reports_config_errors(tmp_path, planted):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "`learning_rate` = -1" in done.stderr
+    assert "Traceback" not in done.stderr  # one message; --debug shows the traceback
 
 
 @pytest.mark.slow

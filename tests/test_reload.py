@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_FOFA, latest_log_text
 
-from recbole_fofa import get_trainer
+from recbole_fofa import compat, get_trainer
 from recbole_fofa.model import Stage
 from recbole_fofa.quick_start import load_data_and_model, prepare
 from recbole_fofa.trainer import load_checkpoint
@@ -81,7 +81,7 @@ def test_a_checkpoint_with_a_plain_string_stage_loads(planted):
     dataset, config = planted
     config.update(TINY_FOFA, epochs=1, supernet_epochs=1)
     trainer, model, _, _ = _train("ForwardOFA", dataset, config)
-    checkpoint = torch.load(trainer.saved_model_file, weights_only=False)
+    checkpoint = compat.load_checkpoint_file(trainer.saved_model_file)
     assert type(checkpoint["other_parameter"]["stage"]) is str  # no enum is pickled
     checkpoint["other_parameter"]["stage"] = "adapt"  # as checkpoints before the enum stored it
     _, fresh, _ = prepare("ForwardOFA", dataset, config_dict=config)
@@ -141,7 +141,7 @@ def test_a_checkpoint_trained_on_a_gpu_reloads_on_the_cpu(planted):
     dataset, config = planted
     config.update(epochs=1, metrics=["NDCG", "Hit"])
     trainer, _, _, expected = _train("SASRec", dataset, config)
-    checkpoint = torch.load(trainer.saved_model_file, weights_only=False)
+    checkpoint = compat.load_checkpoint_file(trainer.saved_model_file)
     checkpoint["config"]["device"] = torch.device("cuda")  # as RecBole saves a GPU run's
     checkpoint["config"]["gpu_id"] = "0"
     path = trainer.saved_model_file.replace(".pth", "-gpu.pth")

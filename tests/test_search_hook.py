@@ -227,9 +227,9 @@ def test_cli_searches_a_checkpoint(searched, tmp_path):
     assert [b["budget"] for b in written["budgets"]] == [0.5, 1.0]
     assert written["budgets"][-1]["config"] == data["budgets"][-1]["config"]
     # bad flags fail the same way in-process, before the dataset loads
-    with pytest.raises(ValueError, match=re.escape("`search_budgets` = [2] has a bad entry 2")):
+    with pytest.raises(SystemExit, match=re.escape("`search_budgets` = [2] has a bad entry 2")):
         cli.main(command[3:5] + ["--search_budgets=[2]"])
-    with pytest.raises(ValueError, match=re.escape("['hidden_size'] cannot change")):
+    with pytest.raises(SystemExit, match=re.escape("['hidden_size'] cannot change")):
         cli.main(command[3:5] + ["--hidden_size=8"])
     with pytest.raises(SystemExit, match="--search needs --checkpoint"):
         cli.main(["--search"])

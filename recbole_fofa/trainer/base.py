@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import hashlib
 import os
 import time
 from typing import List, NamedTuple
@@ -9,7 +10,7 @@ from typing import List, NamedTuple
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
-from recbole_fofa import compat, distributed
+from recbole_fofa import checks, distributed
 from recbole_fofa.cost import CostNotMeasurableError
 from recbole_fofa.evaluator import measure
 from recbole_fofa.evaluator.collector import CostCollector
@@ -17,16 +18,72 @@ from recbole_fofa.evaluator.metrics import is_cost_metric
 from recbole_fofa.evaluator.per_user import PerUserEvaluator
 
 
-def load_checkpoint(model, checkpoint, device=None):
+def load_checkpoint(model, checkpoint, device=None, trust=False):
     """Load a plugin checkpoint into ``model``: its weights and other parameters (ForwardOFA's
-    stage, ...). ``checkpoint``: a loaded dict, or a path read with trust (it pickles the config:
-    :func:`~recbole_fofa.compat.torch_load_trusted`) onto ``device`` (under DDP by rank 0 and
-    broadcast). Returns the checkpoint dict. The one reload every caller uses."""
+    stage, ...). ``checkpoint``: a loaded dict, or a path read by
+    :func:`~recbole_fofa.compat.load_checkpoint_file` (``trust``: config key
+    ``trust_checkpoint``) onto ``device`` (under DDP by rank 0 and broadcast). Returns the
+    checkpoint dict. The one reload every caller uses."""
     if not isinstance(checkpoint, dict):
-        checkpoint = distributed.load_checkpoint(checkpoint, device)
+        checkpoint = distributed.load_checkpoint(checkpoint, device, trust)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return checkpoint
+
+
+def dataset_fingerprint(dataset):
+    """What identifies the data a checkpoint was trained on (``dataset``: the training split):
+    the dataset's name, its user, item and interaction counts, and a hash of its user and item
+    tokens and its interactions (user and item ids), which catches other data of the same size."""
+    digest = hashlib.sha256()
+    for field in (dataset.uid_field, dataset.iid_field):
+        digest.update("\n".join(map(str, dataset.field2id_token[field])).encode())
+        digest.update(dataset.inter_feat[field].numpy().tobytes())
+    return {"dataset": dataset.dataset_name, "users": int(dataset.user_num),
+            "items": int(dataset.item_num), "interactions": len(dataset.inter_feat),
+            "content": digest.hexdigest()}
+
+
+#: Config keys of the run's environment (where it runs, shows and writes): a resumed run that
+#: differs from its checkpoint only in these is the same run, and writes on to its file.
+ENVIRONMENT_KEYS = frozenset({
+    "device", "gpu_id", "use_gpu", "worker", "local_rank", "single_spec", "data_path",
+    "trust_checkpoint", *distributed.DISTRIBUTED_KEYS, *checks.RUN_KEYS})
+
+
+def resume_mismatches(checkpoint, config, model):
+    """Why ``checkpoint`` cannot resume a run of ``config`` and ``model``: one phrase per
+    difference in the model, the dataset's name, the method keys (:func:`checks.method_keys`)
+    and the state dict's keys and shapes; empty when it can."""
+    saved = checkpoint["config"]
+    problems = []
+    for key in ("model", "dataset"):
+        if saved[key] != config[key]:
+            problems.append(f"`{key}` is {saved[key]!r} there, {config[key]!r} here")
+    if problems:
+        return problems
+    keys = sorted(k for k in checks.method_keys(config["model"]) if saved[k] != config[k])
+    if keys:
+        problems.append("method keys differ: " + ", ".join(
+            f"`{k}` ({saved[k]!r} there, {config[k]!r} here)" for k in keys))
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    shapes = sorted(k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k])
+    for what, names in (("missing there", sorted(ours.keys() - theirs.keys())),
+                        ("only there", sorted(theirs.keys() - ours.keys())),
+                        ("of other shapes", [f"{k} {theirs[k]} vs {ours[k]}" for k in shapes])):
+        if names:
+            more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+            problems.append(f"model weights {what}: {', '.join(names[:5])}{more}")
+    return problems
+
+
+def same_run(saved, config):
+    """Whether the configs ``saved`` and ``config`` agree on every key apart from
+    :data:`ENVIRONMENT_KEYS`."""
+    ours, theirs = checks.plain_values(config), checks.plain_values(saved)
+    return all(ours.get(k) == theirs.get(k) for k in (ours.keys() | theirs.keys())
+               - ENVIRONMENT_KEYS)
 
 
 class EpochTime(NamedTuple):
@@ -126,7 +183,8 @@ class PluginTrainerMixin:
         """Load the best checkpoint (``model_file`` or this run's) into the model: under DDP read
         by rank 0 and broadcast to every rank. Returns the checkpoint."""
         checkpoint_file = model_file or self.saved_model_file
-        checkpoint = load_checkpoint(self.model, checkpoint_file, self.device)
+        checkpoint = load_checkpoint(self.model, checkpoint_file, self.device,
+                                     self.trust_checkpoint)
         self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return checkpoint
 
@@ -209,11 +267,19 @@ class PluginTrainerMixin:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         self.check_cost(train_data)
+        self.check_resumed_dataset(train_data)
         stage, first_epoch, first_valid = self._stage(), len(self.epoch_times), len(
             self.valid_scores)
+        if int(self.epochs) == 0:
+            self.logger.warning(set_color(self.untrained_message(stage), "yellow"))
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self._record_stage_end(stage, first_epoch, first_valid)
         return result
+
+    def untrained_message(self, stage):
+        """What ``fit`` logs when it has no epoch to train (``epochs: 0``)."""
+        return ("`epochs` = 0: the model is not trained; its evaluation scores the initialised "
+                "(random) weights")
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data:
@@ -222,19 +288,67 @@ class PluginTrainerMixin:
         # models with per-user structures record them only while an evaluation needs them
         if self.eval_collector.needs_cost and hasattr(model, "reset_evaluation_costs"):
             model.reset_evaluation_costs()
-        if eval_data and load_best_model and self.config["single_spec"] is False:
-            self.load_best_checkpoint(model_file)  # rank 0 reads, every rank gets it
-            load_best_model = False
         try:
-            with compat.trusted_checkpoint_loads():
-                return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+            if eval_data and load_best_model:  # the plugin's load in place of RecBole's bare one
+                self.load_best_checkpoint(model_file)  # under DDP rank 0 reads, every rank gets it
+                load_best_model = False
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         finally:
             if hasattr(model, "stop_evaluation_costs"):
                 model.stop_evaluation_costs()
 
+    @property
+    def trust_checkpoint(self):
+        """Config key ``trust_checkpoint``: load checkpoints with full unpickling (compat C1)."""
+        return self.config["trust_checkpoint"] is True
+
     def resume_checkpoint(self, resume_file):
-        with compat.trusted_checkpoint_loads():
-            super().resume_checkpoint(resume_file)
+        """RecBole's resume (epoch, step, best score, weights, optimizer), read by
+        :func:`load_checkpoint`'s loader. Refuses (ValueError naming the keys) a checkpoint of
+        another model, dataset, method keys or weight shapes (:func:`resume_mismatches`); the
+        dataset's fingerprint is compared when ``fit`` starts, before anything trains. Writes on
+        to ``resume_file`` only when the run is the same (:func:`same_run`), else to this run's
+        own checkpoint file."""
+        resume_file = str(resume_file)
+        checkpoint = distributed.load_checkpoint(resume_file, self.device, self.trust_checkpoint)
+        model = getattr(self.model, "module", self.model)
+        problems = resume_mismatches(checkpoint, self.config, model)
+        if problems:
+            raise ValueError(f"{resume_file}: cannot resume this run from it: "
+                             + "; ".join(problems))
+        self._resumed = (resume_file, getattr(checkpoint["config"], "dataset_fingerprint", None))
+        if same_run(checkpoint["config"], self.config):
+            self.saved_model_file = resume_file
+        else:
+            if os.path.abspath(self.saved_model_file) == os.path.abspath(resume_file):
+                self.saved_model_file = "-resumed".join(os.path.splitext(resume_file))
+            self.logger.info(f"{resume_file} was written with other settings: it is kept as it "
+                             f"is, this run saves to {self.saved_model_file}")
+        self.prepare_resume(checkpoint)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        model.load_state_dict(checkpoint["state_dict"])
+        model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def prepare_resume(self, checkpoint):
+        """Hook run before a checkpoint's weights and optimizer state are loaded."""
+
+    def check_resumed_dataset(self, train_data):
+        """Refuse to train on another dataset than the resumed checkpoint's (its fingerprint,
+        :func:`dataset_fingerprint`); record this dataset's in the config, so that every
+        checkpoint ``fit`` saves carries it."""
+        current = dataset_fingerprint(train_data._dataset)
+        resumed_file, saved = getattr(self, "_resumed", (None, None))
+        self._resumed = (None, None)
+        if saved is not None and saved != current:
+            fields = ", ".join(f"{k} ({saved.get(k)!r} there, {current[k]!r} here)"
+                               for k in current if saved.get(k) != current[k])
+            raise ValueError(f"{resumed_file}: cannot resume this run from it: it was trained on "
+                             f"other data: {fields}")
+        self.config.dataset_fingerprint = current
 
 
 class Trainer(PluginTrainerMixin, RecBoleTrainer):

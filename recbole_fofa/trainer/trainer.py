@@ -8,7 +8,7 @@ import time
 import numpy as np
 from recbole.utils import set_color
 
-from recbole_fofa import checks, compat, distributed
+from recbole_fofa import checks, distributed
 from recbole_fofa.model import Stage
 from recbole_fofa.search import SearchSettings, build_space
 from recbole_fofa.search import search as run_search
@@ -106,6 +106,14 @@ class ForwardOFATrainer(Trainer):
             self.enter_stage(Stage.ADAPT)
         self.logger.info(set_color(f"stage 2: controller + mapper ({self.epochs} epochs)", "blue"))
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def untrained_message(self, stage):
+        if Stage.of(stage) is Stage.SUPERNET:
+            return ("`supernet_epochs` = 0 for stage 1: the supernet is not trained here; stage 2 "
+                    "starts from its initialised weights")
+        return ("`epochs` = 0: stage 2 is not trained; the evaluation scores an untrained "
+                "structure controller and mapper (the kept blocks and their generated weights "
+                "are those of the initialised stage 2)")
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         model = self.model
@@ -254,12 +262,11 @@ class ForwardOFATrainer(Trainer):
                               [c.key for c in configs])
 
     # ------------------------------------------------------------------ checkpoints
-    def resume_checkpoint(self, resume_file):
-        checkpoint = compat.torch_load_trusted(resume_file, self.device)
+    def prepare_resume(self, checkpoint):
+        """Enter the checkpoint's stage: its optimizer state matches that stage's groups."""
         stage = Stage.of((checkpoint.get("other_parameter") or {}).get("stage", Stage.ADAPT))
         if stage is not self.model.stage:
-            self.enter_stage(stage)  # the optimizer state matches that stage's groups
-        super().resume_checkpoint(resume_file)
+            self.enter_stage(stage)
 
 
 def search_table(result, metric):
