@@ -17,6 +17,8 @@ import importlib
 import sys
 from pathlib import Path
 
+import yaml
+
 from recbole_fofa import compat, distributed
 from recbole_fofa.benchmark.runner import run_benchmark
 from recbole_fofa.config import resolve_config_files, shipped_configs
@@ -104,6 +106,13 @@ def build_parser():
                         help="with --benchmark: the model every other one is compared with "
                         "(paired differences over seeds with 95%% CIs, per-user tests, "
                         "comparisons.csv; default SASRec-<n_blocks> when it runs)")
+    parser.add_argument("--tune", type=str, default=None,
+                        help="with --benchmark: a grid every model is tuned on before its test "
+                        "runs, e.g. \"{learning_rate: [0.001, 0.002]}\" (Model.key applies to "
+                        "one model); chosen by mean valid score over --tuning_seeds")
+    parser.add_argument("--tuning_seeds", type=str, default=None,
+                        help="with --tune: the tuning seeds (a count N after the test seeds, or "
+                        "a comma-separated list; never a test seed; default 1)")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error instead of its message alone")
     return parser
@@ -152,9 +161,10 @@ def _main(parser, args, rest, argv):
                                    ("--search", args.search)) if on]
     if len(modes) > 1:
         raise SystemExit(f"run_recbole_fofa: {' and '.join(modes)} cannot be combined")
-    if (args.reference is not None or args.routing) and not args.benchmark:
-        raise SystemExit("run_recbole_fofa: --reference and --routing are read with --benchmark "
-                         "only")
+    if (args.reference is not None or args.routing or args.tune is not None
+            or args.tuning_seeds is not None) and not args.benchmark:
+        raise SystemExit("run_recbole_fofa: --reference, --routing, --tune and --tuning_seeds "
+                         "are read with --benchmark only")
     if args.benchmark:
         run_benchmark_cli(args, rest)
     elif args.analysis is not None:
@@ -200,13 +210,17 @@ def run_benchmark_cli(args, rest):
     """``--benchmark``: every model over every seed; prints the table and writes the files."""
     flags, seeds, config_file_list = _mode_inputs(args, rest, 3)
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
+    grid, tuning_seeds = tuning_inputs(args, seeds)
     report = run_benchmark(args.dataset, config_file_list, flags, models, seeds,
                            args.output or "fofa-benchmark", reference=args.reference,
-                           routing=args.routing)
+                           routing=args.routing, tune=grid, tuning_seeds=tuning_seeds)
     budget = report.settings["epoch_budget"]
     print(f"\n{args.dataset}: test metrics, mean ± std over seeds {seeds}; "
           f"{budget['total']} epochs each (ForwardOFA {budget['supernet_epochs']} supernet + "
           f"{budget['epochs']} controller/mapper); MACs per user (FLOPs = 2 x MACs)")
+    if report.tuning_table():
+        print(f"\ntuning (valid only, seeds {report.settings['tuning_seeds']}):")
+        print(report.tuning_table())
     print(report.table())
     if report.search_points():
         print("\nForwardOFA at the search budgets: the searched fixed sub-network and the "
@@ -221,6 +235,25 @@ def run_benchmark_cli(args, rest):
     written = [report.files[k] for k in ("md", "csv", "comparisons", "png") if k in report.files]
     print(f"\nwritten: {', '.join(written)}")
     return report
+
+
+def tuning_inputs(args, seeds):
+    """``(grid, tuning seeds)`` of ``--tune``/``--tuning_seeds`` (None, [] without --tune): a
+    count N of tuning seeds means the N seeds after the largest test seed."""
+    if args.tune is None:
+        if args.tuning_seeds is not None:
+            raise ValueError("--tuning_seeds is read with --tune only")
+        return None, []
+    grid = yaml.safe_load(args.tune)
+    text = args.tuning_seeds or "1"
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--tuning_seeds={text!r}: give a count or comma-separated "
+                         "integers") from None
+    if "," not in text and len(values) == 1:
+        values = [max(seeds) + 1 + i for i in range(values[0])]
+    return grid, values
 
 
 def run_analysis_cli(args, rest):

@@ -139,7 +139,17 @@ CHECKPOINT_GLOBALS = (
     "recbole.utils.enum_type.FeatureSource",
     "numpy.dtype", "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar",
     "collections.defaultdict",
+    # RecBole models' ``other_parameter``: numpy arrays and scipy sparse matrices (EASE,
+    # SLIMElastic, ItemKNN, AsymKNN), ``defaultdict(list)`` (RippleNet's ripple set)
+    "numpy.ndarray", "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct",
+    "builtins.list", "numpy.matrix", "logging.getLogger",
+    *(f"scipy.sparse.{module}.{kind}_matrix" for kind in ("csr", "csc", "coo", "lil", "dok")
+      for module in (f"_{kind}", kind)),
 )
+#: Packages whose objects a checkpoint may build (never ``__init__``: the object is made by
+#: ``__new__`` and its ``__dict__`` filled): the embedding layers that FDSA, GRU4RecF, SASRecF, DIN
+#: and DIEN keep in ``other_parameter``, with the dataset (and DIEN's sampler) they hold.
+MODULE_PACKAGES = ("recbole.model.layers", "torch.nn.modules.", "recbole.data.", "recbole.sampler.")
 #: Classes a checkpoint may name but never call or change: ``Config.yaml_loader``.
 CHECKPOINT_REFERENCES = ("yaml.loader.FullLoader", "yaml.loader.Loader", "yaml.loader.SafeLoader")
 #: Packages whose model classes (``Config.model_class``) a checkpoint may name, as references.
@@ -175,6 +185,22 @@ def _checkpoint_callables():
     return allowed
 
 
+@functools.cache
+def _buildable_bases():
+    from recbole.data.dataset import Dataset
+    from recbole.data.interaction import Interaction
+    from recbole.sampler.sampler import AbstractSampler
+
+    return (torch.nn.Module, Dataset, Interaction, AbstractSampler)
+
+
+def _is_layer(value):
+    """Whether ``value`` is a class of :data:`MODULE_PACKAGES` that a checkpoint may build: a
+    ``torch.nn.Module``, or RecBole's ``Dataset``, ``Interaction`` or sampler."""
+    return (isinstance(value, type) and value.__module__.startswith(MODULE_PACKAGES)
+            and issubclass(value, _buildable_bases()))
+
+
 class _Refused(Exception):
     """Raised inside the unpickler; :func:`load_checkpoint_file` adds the file name."""
 
@@ -191,22 +217,26 @@ class _CheckpointUnpickler(pickle._Unpickler):
         allowed = _checkpoint_callables()
         if full in allowed:
             return allowed[full]
-        if full in CHECKPOINT_REFERENCES or module.startswith(MODEL_PACKAGES):
-            found = super().find_class(module, name)  # RecBole's or the plugin's own module
+        if full in CHECKPOINT_REFERENCES or module.startswith(MODEL_PACKAGES + MODULE_PACKAGES):
+            found = super().find_class(module, name)  # RecBole's, torch's or the plugin's module
             from recbole.model.abstract_recommender import AbstractRecommender
 
             if full in CHECKPOINT_REFERENCES or (isinstance(found, type)
                                                  and issubclass(found, AbstractRecommender)):
                 return found
+            if _is_layer(found):
+                return found
         raise _Refused(f"the global `{full}`")
 
     def _check_call(self, func):
-        if not any(func is value for value in _checkpoint_callables().values()):
+        if not (_is_layer(func) or any(func is value
+                                       for value in _checkpoint_callables().values())):
             raise _Refused(f"a call of {getattr(func, '__qualname__', type(func).__name__)}")
         return func
 
     def _check_type(self, obj, types, what):
-        types = (*types, *(t for t in _checkpoint_callables().values() if isinstance(t, type)))
+        types = (*types, *_buildable_bases(),
+                 *(t for t in _checkpoint_callables().values() if isinstance(t, type)))
         if type(obj) is type or not isinstance(obj, types):  # objects come from allowed calls
             raise _Refused(f"{what} an object of type {type(obj).__qualname__}")
 

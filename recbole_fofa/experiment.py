@@ -77,12 +77,15 @@ class Trained:
 
 
 def train(model, dataset, config_file_list=None, config_dict=None, saved=True, supernet=None,
-          supernet_seconds=None) -> Trained:
+          supernet_seconds=None, progress_file=None, checkpoint_file=None) -> Trained:
     """Prepare, fit (best checkpoint reloaded when ``saved``) and return a :class:`Trained`.
 
     ``supernet``: the backbone of an earlier ForwardOFA run (:attr:`Trained.supernet`) with the
     same dataset, split, seed and sizes; the new ForwardOFA starts in stage 2 from it, and
     ``supernet_seconds`` (that run's stage-1 epoch times) are recorded as its own.
+    ``progress_file``: the run's progress after each validation; an interrupted run resumes
+    from it (the trainer's ``keep_progress``). ``checkpoint_file``: the best checkpoint's path
+    (default: RecBole's ``<model>-<time>.pth`` in ``checkpoint_dir``).
     """
     with recbole_argv_cleared():
         config, net, (train_data, valid_data, test_data) = prepare(
@@ -100,6 +103,10 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
         net.stage = Stage.ADAPT
         seconds[Stage.SUPERNET.value] = list(supernet_seconds or [])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if checkpoint_file is not None:
+        trainer.saved_model_file = str(checkpoint_file)
+    if progress_file is not None:
+        trainer.keep_progress(progress_file)
     best_score, best_result = trainer.fit(train_data, valid_data, saved=saved,
                                           show_progress=False)
     if saved:  # the best checkpoint, as RecBole's evaluate(load_best_model=True) loads it

@@ -134,8 +134,13 @@ def test_ablations_share_the_supernet_of_their_seed(bench, tmp_path):
 
 def test_baselines_train_the_forward_ofa_epoch_budget(bench, tmp_path):
     dataset, config = bench
-    budget, n_blocks = runner.epoch_budget(dataset, None, dict(config, supernet_epochs=2))
+    budget, n_blocks, data_key = runner.epoch_budget(dataset, None,
+                                                     dict(config, supernet_epochs=2))
     assert budget == {"supernet_epochs": 2, "epochs": 1, "total": 3} and n_blocks == 3
+    assert len(data_key) == 12
+    # search budgets below the cheapest sub-network are refused before anything trains
+    with pytest.raises(ValueError, match="search_budgets.*below the cheapest"):
+        runner.epoch_budget(dataset, None, config, search_budgets=[0.01])
     settings = runner._run_settings(Variant("SASRec-2", "SASRec", {"n_layers": 2}), 7,
                                     dict(config), budget, tmp_path)
     assert settings["epochs"] == 3 and settings["seed"] == 7 and settings["n_layers"] == 2
@@ -189,7 +194,7 @@ def test_cli_seeds_and_modes():
         cli.main(["--benchmark", "--analysis=blocks"])
     with pytest.raises(SystemExit, match="--seeds and --output"):
         cli.main(["--model=SASRec", "--seeds=2"])
-    with pytest.raises(SystemExit, match="--reference and --routing are read with"):
+    with pytest.raises(SystemExit, match="--reference, --routing, --tune and --tuning_seeds"):
         cli.main(["--model=SASRec", "--reference=SASRec"])
 
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from recbole_fofa import plots
-from recbole_fofa.benchmark import stats
+from recbole_fofa.benchmark import stats, tuning
 from recbole_fofa.table import format_table
 
 __all__ = ["BenchmarkReport", "QUALITY", "COST"]
@@ -188,6 +188,16 @@ class BenchmarkReport:
         return format_table(rows, ["budget", "ForwardOFA", "test NDCG@10", "MACs", "seeds",
                                    "searched configs"], style=style)
 
+    def tuning_table(self, style: str = "text") -> str:
+        """Every model's grid points: mean valid score over the tuning seeds, the chosen one."""
+        rows = tuning.tuning_rows(self.settings.get("tuning") or {})
+        if not rows:
+            return ""
+        columns = list(rows[0])
+        cells = [[f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else
+                  ("-" if isinstance(v, float) else v) for v in row.values()] for row in rows]
+        return format_table(cells, columns, style=style)
+
     def errors(self) -> List[str]:
         """A line per failed run, and per search that failed after its run trained."""
         lines = []
@@ -249,6 +259,12 @@ class BenchmarkReport:
             "the device (FLOPs = 2 x MACs); seconds per training epoch and per 1,000 test users",
             "", self.table("markdown"), "",
         ]
+        if self.settings.get("tuning"):
+            lines += ["## Tuning", "",
+                      f"Grid {self.settings.get('tune')}, each point trained on the tuning "
+                      f"seeds {self.settings.get('tuning_seeds')} (never test seeds) and scored "
+                      "on valid only; each model's test runs use its chosen point "
+                      "(tuning/tuning.json).", "", self.tuning_table("markdown"), ""]
         if self.comparisons():
             lines += [f"## Paired comparisons with {self.reference}", "",
                       "Per metric: the mean of the per-seed differences (model - reference) with "

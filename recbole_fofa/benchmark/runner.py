@@ -10,9 +10,12 @@ runs, and report its stage-1 epochs as theirs.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+import os
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -23,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from recbole_fofa import experiment
+from recbole_fofa.benchmark import tuning
 from recbole_fofa.benchmark.report import BenchmarkReport
 from recbole_fofa.config import Config
 from recbole_fofa.model import Stage
@@ -134,14 +138,32 @@ def _run_settings(variant, seed, common, budget, output_dir):
     return settings
 
 
-def epoch_budget(dataset, config_file_list, common):
-    """``({supernet_epochs, epochs, total}, n_blocks)`` of ForwardOFA under these settings;
-    ``total`` is what every baseline trains."""
+def epoch_budget(dataset, config_file_list, common, search_budgets=None):
+    """``({supernet_epochs, epochs, total}, n_blocks, data key)`` of ForwardOFA under these
+    settings; ``total`` is what every baseline trains. ``search_budgets`` are checked here
+    (feasible for the supernet), before anything trains; the data key is
+    :func:`data_files_key`."""
+    settings = dict(common)
+    if search_budgets:
+        settings["search_budgets"] = list(search_budgets)
     with experiment.recbole_argv_cleared():
-        config = Config("ForwardOFA", dataset, config_file_list, dict(common))
+        config = Config("ForwardOFA", dataset, config_file_list, settings)
     budget = {"supernet_epochs": int(config["supernet_epochs"]), "epochs": int(config["epochs"])}
     budget["total"] = budget["supernet_epochs"] + budget["epochs"]
-    return budget, int(config["n_blocks"])
+    return budget, int(config["n_blocks"]), data_files_key(config["data_path"], dataset)
+
+
+def data_files_key(folder, dataset) -> str:
+    """A hash of the dataset's atomic files (``<folder>/<dataset>.*``: names and contents), so
+    that stored runs of a changed dataset are not reused."""
+    digest = hashlib.sha1()
+    for path in sorted(Path(folder).glob(f"{dataset}.*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def settings_key(*parts, config_file_list=None) -> str:
@@ -170,11 +192,13 @@ def _search(trained, budgets):
     return rows, result.settings.get("search_seconds")
 
 
-def _run_key(variant, seed, dataset, config_file_list, common, search_budgets, routing=False):
-    parts = [dataset, sorted(common.items()), variant.model, sorted(variant.overrides.items()),
-             seed, search_budgets]
-    if routing and variant.label == "ForwardOFA":  # keys of runs without it stay as they were
-        parts.append("routing")
+def _run_key(variant, seed, data, config_file_list, common, search_budgets, routing=False,
+             tuning_run=False):
+    """``data``: ``(dataset, data key)``; a tuning run neither tests nor searches."""
+    parts = [list(data), sorted(common.items()), variant.model,
+             sorted(variant.overrides.items()), seed]
+    parts += ["tuning"] if tuning_run else [search_budgets, routing and variant.label ==
+                                            "ForwardOFA"]
     return settings_key(*parts, config_file_list=config_file_list)
 
 
@@ -195,23 +219,39 @@ def _routing(trained, macs):
 
 
 def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir, supernets,
-            search_budgets, routing=False):
-    """Train, time and test one (variant, seed); returns the run record (a JSON-able dict)."""
+            search_budgets, routing=False, key=None, stem=None, tuning_run=False):
+    """Train, time and test one (variant, seed); returns the run record (a JSON-able dict).
+
+    ``key``: the run's settings key; ``stem``: its file name stem. The run keeps its progress
+    in ``output_dir/progress/<stem>-<key>.pt`` (an interrupted run resumes from its last
+    validated epoch; the file is removed when the run ends) and its best checkpoint in
+    ``output_dir/saved/<stem>-<key>.pth``. A ``tuning_run`` is validated only: test is never
+    evaluated, nothing is searched."""
+    stem = stem or _file_stem(variant.label, seed)
     record = {"label": variant.label, "model": variant.model, "kind": variant.kind,
               "seed": seed, "overrides": variant.overrides, "status": "ok", "error": None,
-              "settings_key": _run_key(variant, seed, dataset, config_file_list, common,
-                                       search_budgets, routing)}
+              "settings_key": key}
     start = time.perf_counter()
+    progress_file = Path(output_dir) / "progress" / f"{stem}-{key}.pt"
     try:
         settings = _run_settings(variant, seed, common, budget, output_dir)
         shared = None
-        if variant.shares_supernet:
+        if variant.shares_supernet and not tuning_run:
             shared = supernets.load(seed)
         trained = experiment.train(
             variant.model, dataset, config_file_list, settings,
             supernet=None if shared is None else shared["state"],
             supernet_seconds=None if shared is None else shared["seconds"],
+            progress_file=progress_file,
+            checkpoint_file=Path(output_dir) / "saved" / f"{stem}-{key}.pth",
         )
+        record["resumed"] = [list(r) for r in trained.trainer.resumes]
+        if tuning_run:
+            record.update(valid=trained.best_valid_result,
+                          training=trained.trainer.training_summary(),
+                          epochs={st: len(v) for st, v in trained.epoch_seconds.items()})
+            record["wall_s"] = time.perf_counter() - start
+            return record
         if variant.shares_supernet and shared is None and trained.supernet is not None:
             supernets.store(seed, trained.supernet,
                             trained.epoch_seconds.get(Stage.SUPERNET.value, []))
@@ -258,11 +298,79 @@ class _Supernets:
 
     def load(self, seed):
         path = self._path(seed)
-        return torch.load(path, weights_only=True) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as err:  # a truncated file: set aside, stage 1 trains again
+            _set_aside(path, err)
+            return None
 
     def store(self, seed, state, seconds):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"state": state, "seconds": list(seconds)}, self._path(seed))
+        _atomic_write(self._path(seed), lambda f: torch.save(
+            {"state": state, "seconds": list(seconds)}, f))
+
+
+def _atomic_write(path, write):
+    """``write(temporary path)``, then rename it to ``path``: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _write_json(path, record):
+    _atomic_write(path, lambda f: Path(f).write_text(
+        json.dumps(record, indent=1, default=_json_default)))
+
+
+def _set_aside(path, err):
+    """Rename an unreadable stored file to ``<name>.unreadable`` (kept for inspection) and say
+    so; the run it belonged to runs again."""
+    aside = Path(path).with_name(Path(path).name + ".unreadable")
+    os.replace(path, aside)
+    tqdm.write(f"warning: {path}: unreadable ({type(err).__name__}: {err}); moved to "
+               f"{aside.name}, its run runs again", file=sys.stderr)
+
+
+def _read_record(path):
+    """The stored run at ``path``, or None (absent, or unreadable: set aside)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        _set_aside(path, err)
+        return None
+
+
+class _Lock:
+    """One benchmark at a time in an output folder: ``<output>/.lock`` held with ``flock``
+    (released when the process ends, however it ends)."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+
+    def __enter__(self):
+        self.handle = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.seek(0)
+            owner = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise ValueError(f"--output {self.path.parent}: another benchmark ({owner}) is "
+                             "writing there; wait for it or pick another --output") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
 
 
 def run_benchmark(
@@ -276,57 +384,138 @@ def run_benchmark(
     progress: bool = True,
     reference: str | None = None,
     routing: bool = False,
+    tune: Dict[str, List[Any]] | None = None,
+    tuning_seeds: Sequence[int] = (),
 ):
-    """Run every model over every seed (finished runs in ``output_dir/runs`` are skipped) and
-    write the report; returns the :class:`~recbole_fofa.benchmark.report.BenchmarkReport`.
+    """Run every model over every seed (finished runs in ``output_dir/runs`` are skipped; an
+    interrupted run resumes from its last validated epoch) and write the report; returns the
+    :class:`~recbole_fofa.benchmark.report.BenchmarkReport`.
 
     ``models``: labels for :func:`resolve_variants` (default: :func:`default_variants`).
     ``search_budgets``: the ForwardOFA run's search (default: the config's ``search_budgets``,
     else :data:`SEARCH_BUDGETS`; ``[]`` searches nothing). ``reference``: the label every model
     is compared with (:func:`check_reference`). ``routing``: the ForwardOFA run also scores the
     best fixed sub-network at its own MACs and the per-user routing oracle, which the report
-    compares as ``ForwardOFA search@own`` and ``ForwardOFA oracle``.
+    compares as ``ForwardOFA search@own`` and ``ForwardOFA oracle``. ``tune``: a grid
+    (:mod:`~recbole_fofa.benchmark.tuning`) each model is tuned on, by its mean valid score over
+    ``tuning_seeds`` (never test seeds), before its test runs use the chosen point.
     """
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"benchmark seeds: {seeds}; give one or more distinct integers")
+    seeds = _check_seeds(seeds, "seeds")
+    grid = tuning.check_grid(tune) if tune else None
+    tuning_seeds = _check_seeds(tuning_seeds, "tuning seeds") if grid else []
+    if set(tuning_seeds) & set(seeds):
+        raise ValueError(f"tuning seeds {tuning_seeds} overlap the test seeds {seeds}: tuning "
+                         "must never see a test seed")
     common = dict(config_dict or {})
     # the search runs on the ForwardOFA run only, from here: not a key of every model's config
     configured_budgets = common.pop("search_budgets", None)
     output_dir = Path(output_dir)
     runs_dir = output_dir / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    with experiment.quiet_console():
-        budget, n_blocks = epoch_budget(dataset, config_file_list, common)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        (runs_dir / ".writable").write_text("")
+    except OSError as err:
+        raise ValueError(f"--output {output_dir}: cannot write runs there ({err})") from None
+    with experiment.quiet_console(), _Lock(output_dir):
+        if search_budgets is None:
+            search_budgets = configured_budgets or SEARCH_BUDGETS
+        budget, n_blocks, data_key = epoch_budget(dataset, config_file_list, common,
+                                                  search_budgets)
+        data = (dataset, data_key)
         variants = (default_variants(n_blocks) if not models
                     else resolve_variants(list(models), n_blocks))
         reference = check_reference(reference, variants, n_blocks)
-        if search_budgets is None:
-            search_budgets = configured_budgets or SEARCH_BUDGETS
         supernets = _Supernets(output_dir / "supernets",
-                               lambda seed: settings_key(dataset, sorted(common.items()), seed,
+                               lambda seed: settings_key(list(data), sorted(common.items()), seed,
                                                          config_file_list=config_file_list))
+        context = dict(dataset=dataset, config_file_list=config_file_list, common=common,
+                       budget=budget, output_dir=output_dir, supernets=supernets)
+        chosen = {}
+        if grid:
+            chosen = _tune(variants, grid, tuning_seeds, data, context, progress)
+            variants = [Variant(v.label, v.model, {**v.overrides, **chosen[v.label]["point"]},
+                                v.kind) for v in variants]
         jobs = [(v, s) for s in seeds for v in variants]
+        keys = {(v.label, s): _run_key(v, s, data, config_file_list, common,
+                                       list(search_budgets), routing) for v, s in jobs}
         bar = tqdm(jobs, desc="benchmark", unit="run", disable=not progress, ncols=100)
         for variant, seed in bar:
-            path = runs_dir / f"{_file_stem(variant.label, seed)}.json"
             bar.set_postfix_str(f"{variant.label} seed {seed}")
-            key = _run_key(variant, seed, dataset, config_file_list, common,
-                           list(search_budgets), routing)
-            if path.is_file():
-                stored = json.loads(path.read_text())
-                if stored.get("status") == "ok" and stored.get("settings_key") == key:
-                    continue  # finished in an earlier invocation with the same settings
-            record = run_one(variant, seed, dataset, config_file_list, common, budget,
-                             output_dir, supernets, list(search_budgets), routing)
-            path.write_text(json.dumps(record, indent=1, default=_json_default))
-    records = [json.loads((runs_dir / f"{_file_stem(v.label, s)}.json").read_text())
+            _run_stored(runs_dir / f"{_file_stem(variant.label, seed)}.json",
+                        keys[variant.label, seed], variant, seed, context,
+                        search_budgets=list(search_budgets), routing=routing)
+    records = [_stored_record(runs_dir / f"{_file_stem(v.label, s)}.json", keys[v.label, s])
                for s in seeds for v in variants]
     settings = {"dataset": dataset, "config_files": config_file_list or [],
                 "overrides": common, "seeds": seeds, "epoch_budget": budget,
-                "models": [asdict(v) for v in variants],
+                "models": [asdict(v) for v in variants], "data_key": data_key,
                 "search_budgets": list(search_budgets), "reference": reference}
+    if grid:
+        settings.update(tune=grid, tuning_seeds=tuning_seeds, tuning=chosen)
     return BenchmarkReport(records, settings).write(output_dir)
+
+
+def _check_seeds(seeds, what):
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"benchmark {what}: {seeds}; give one or more distinct integers")
+    return seeds
+
+
+def _run_stored(path, key, variant, seed, context, **kwargs):
+    """Run (variant, seed) unless ``path`` holds its finished run with settings ``key``; store
+    the record atomically and drop the run's progress file once it is."""
+    stored = _read_record(path)
+    if stored and stored.get("status") == "ok" and stored.get("settings_key") == key:
+        return stored  # finished in an earlier invocation with the same settings
+    record = run_one(variant, seed, key=key, stem=path.stem, **context, **kwargs)
+    _write_json(path, record)
+    if record["status"] == "ok":
+        (Path(context["output_dir"]) / "progress" / f"{path.stem}-{key}.pt").unlink(
+            missing_ok=True)
+    return record
+
+
+def _stored_record(path, key):
+    """The finished run at ``path``; a ValueError names a file written under other settings
+    (another benchmark in the same --output) instead of mixing it into the table."""
+    record = _read_record(path)
+    if record is None:
+        raise ValueError(f"{path}: the run's file is missing or unreadable; rerun the benchmark")
+    if record.get("settings_key") != key:
+        raise ValueError(f"{path}: written by a benchmark with other settings (key "
+                         f"{record.get('settings_key')}, expected {key}); use another --output")
+    return record
+
+
+def _tune(variants, grid, tuning_seeds, data, context, progress):
+    """Each variant's grid point with the best mean valid score over ``tuning_seeds``:
+    ``{label: {"point", "metric", "rows"}}``, also written to ``<output>/tuning.json``."""
+    runs_dir = Path(context["output_dir"]) / "tuning" / "runs"
+    metric = str(context["common"].get("valid_metric") or "NDCG@10").lower()
+    jobs = [(v, tuple(sorted(p.items())), s) for v in variants
+            for p in tuning.points_for(grid, v.model) for s in tuning_seeds]
+    bar = tqdm(jobs, desc="tuning", unit="run", disable=not progress, ncols=100)
+    records = {}
+    for variant, point, seed in bar:
+        point = dict(point)
+        slug = tuning.point_slug(point)
+        bar.set_postfix_str(f"{variant.label} {slug} seed {seed}")
+        run = Variant(variant.label, variant.model, {**variant.overrides, **point},
+                      variant.kind)
+        key = _run_key(run, seed, data, context["config_file_list"], context["common"], None,
+                       tuning_run=True)
+        record = _run_stored(runs_dir / f"{variant.label}__{slug}__seed{seed}.json", key, run,
+                             seed, context, search_budgets=[], tuning_run=True)
+        records.setdefault(variant.label, []).append({**record, "point": point})
+    chosen = {}
+    for variant in variants:
+        point, rows = tuning.choose(records.get(variant.label, []),
+                                    tuning.points_for(grid, variant.model), metric)
+        chosen[variant.label] = {"point": point, "metric": metric, "rows": rows}
+    _write_json(Path(context["output_dir"]) / "tuning" / "tuning.json",
+                {"grid": grid, "tuning_seeds": list(tuning_seeds), "chosen": chosen})
+    return chosen
 
 
 def _json_default(value):

@@ -16,6 +16,7 @@ from recbole_fofa.evaluator import measure
 from recbole_fofa.evaluator.collector import CostCollector
 from recbole_fofa.evaluator.metrics import is_cost_metric
 from recbole_fofa.evaluator.per_user import PerUserEvaluator
+from recbole_fofa.trainer import progress
 
 
 def load_checkpoint(model, checkpoint, device=None, trust=False):
@@ -86,6 +87,15 @@ def same_run(saved, config):
                - ENVIRONMENT_KEYS)
 
 
+def _stage_start(entries, stage):
+    """Index where the trailing run of ``entries`` (tuples led by their stage) of ``stage``
+    starts: the current stage's first epoch or validation, resumed ones included."""
+    start = len(entries)
+    while start > 0 and entries[start - 1][0] == stage:
+        start -= 1
+    return start
+
+
 class EpochTime(NamedTuple):
     """Wall seconds of one training epoch and the stage it trained ('train' for RecBole
     models; ForwardOFA's stage)."""
@@ -137,6 +147,11 @@ class PluginTrainerMixin:
         self.stage_ends: List[StageEnd] = []
         #: RecBole's evaluator that also keeps per-user metric values (``evaluator.per_user``)
         self.evaluator = PerUserEvaluator(config)
+        #: where :meth:`keep_progress` writes the state after each validation (None: nowhere)
+        self.progress_file = None
+        #: ``(stage, epoch)`` of each resume from a progress file, in order
+        self.resumes: List[tuple] = []
+        self._pending = None  # a resumed progress state until ``fit`` restores its generators
 
     # ------------------------------------------------------------------ DDP
     def _init_distributed(self, config, model):
@@ -268,13 +283,87 @@ class PluginTrainerMixin:
             callback_fn=None):
         self.check_cost(train_data)
         self.check_resumed_dataset(train_data)
-        stage, first_epoch, first_valid = self._stage(), len(self.epoch_times), len(
-            self.valid_scores)
-        if int(self.epochs) == 0:
+        stage = self._stage()
+        first_epoch, first_valid = len(self.epoch_times), len(self.valid_scores)
+        pending, self._pending = self._pending, None
+        if pending is not None:  # the stage's epochs before the interruption count as its own
+            first_epoch = _stage_start(self.epoch_times, stage)
+            first_valid = _stage_start(self.valid_scores, stage)
+            self._check_progress_data(pending, train_data)
+            progress.restore_generators(pending["generators"], train_data)
+            if pending["stage_done"]:  # that stage ended before the interruption
+                self._record_stage_end(stage, first_epoch, first_valid)
+                return self.best_valid_score, self.best_valid_result
+        elif int(self.epochs) == 0:
             self.logger.warning(set_color(self.untrained_message(stage), "yellow"))
-        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+        def after_validation(epoch_idx, valid_score):
+            if self.progress_file is not None:
+                self.save_progress(train_data, epoch_idx)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress,
+                             after_validation)
         self._record_stage_end(stage, first_epoch, first_valid)
         return result
+
+    # ------------------------------------------------------------------ progress (resume)
+    def keep_progress(self, path):
+        """Write the run's progress to ``path`` after every validation (:mod:`.progress`); if
+        ``path`` holds the progress of an interrupted run, resume it: the next ``fit`` goes on
+        from its last validated epoch (a finished stage is not trained again) and the run ends
+        with the numbers an uninterrupted one gives. The best checkpoint stays in the run's
+        ``saved_model_file``, which the progress file names. One process only."""
+        if self.config["single_spec"] is False:
+            raise ValueError("keep_progress: resuming from a progress file runs in one process, "
+                             "not under DDP (use `resume_checkpoint` there)")
+        self.progress_file = os.fspath(path)
+        state = progress.read(self.progress_file)
+        if state is None:
+            return None
+        model = getattr(self.model, "module", self.model)
+        self.prepare_resume(state)  # before the weights: ForwardOFA enters the saved stage
+        model.load_state_dict(state["state_dict"])
+        model.load_other_parameter(state["other_parameter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = state["epoch"] + 1
+        self.cur_step, self.best_valid_score = state["cur_step"], state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"] or None
+        self.epoch_times = [EpochTime(*e) for e in state["epoch_times"]]
+        self.valid_scores = [tuple(v) for v in state["valid_scores"]]
+        self.stage_ends = [StageEnd(*e) for e in state["stage_ends"]]
+        self.train_loss_dict = dict(state["train_loss"])
+        self.saved_model_file = state["extra"]["saved_model_file"]
+        self.restore_progress_extra(state["extra"])
+        self.resumes.append((self._stage(), state["epoch"]))
+        self._pending = state
+        self.logger.info(f"{path}: resuming from epoch {state['epoch']} of stage "
+                         f"{self._stage()!r}")
+        return state
+
+    def save_progress(self, train_data, epoch_idx):
+        """Write the state after validating ``epoch_idx`` to :attr:`progress_file`."""
+        done = self.cur_step > self.stopping_step or epoch_idx + 1 >= self.epochs
+        extra = {"saved_model_file": self.saved_model_file,
+                 "fingerprint": dataset_fingerprint(train_data._dataset),
+                 **self.progress_extra()}
+        model = getattr(self.model, "module", self.model)
+        progress.write(progress.capture(self, model, train_data, epoch_idx, done, extra),
+                       self.progress_file)
+
+    def progress_extra(self):
+        """Hook: what a subclass keeps in the progress file beside the trainer's own state."""
+        return {}
+
+    def restore_progress_extra(self, extra):
+        """Hook: restore what :meth:`progress_extra` kept."""
+
+    def _check_progress_data(self, state, train_data):
+        saved, current = state["extra"]["fingerprint"], dataset_fingerprint(train_data._dataset)
+        if saved != current:
+            raise ValueError(f"{self.progress_file}: cannot resume this run from it: it was "
+                             f"trained on other data ({saved} there, {current} here)")
 
     def untrained_message(self, stage):
         """What ``fit`` logs when it has no epoch to train (``epochs: 0``)."""

@@ -268,6 +268,12 @@ class ForwardOFATrainer(Trainer):
         if stage is not self.model.stage:
             self.enter_stage(stage)
 
+    def progress_extra(self):
+        return {"stage1_backbone": self.stage1_backbone}
+
+    def restore_progress_extra(self, extra):
+        self.stage1_backbone = extra.get("stage1_backbone")
+
 
 def search_table(result, metric):
     """The per-budget lines of a search result: the searched sub-network (valid score, test

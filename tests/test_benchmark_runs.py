@@ -1,0 +1,139 @@
+"""The benchmark's stored runs: blind tuning on tuning seeds, runs that resume mid-training, one
+benchmark per output folder, changed data and unreadable files (issues 19 and 20)."""
+
+import json
+
+import pytest
+
+from recbole_fofa import cli
+from recbole_fofa.benchmark import runner, tuning
+from recbole_fofa.benchmark.runner import run_benchmark
+from recbole_fofa.trainer import PluginTrainerMixin
+
+
+@pytest.fixture
+def bench(planted):
+    dataset, config = planted
+    return dataset, dict(config, epochs=2, n_layers=1)
+
+
+def test_grid_points_apply_per_model_and_choice_is_by_mean_valid():
+    grid = tuning.check_grid({"learning_rate": [0.001, 0.01], "ForwardOFA.backbone_lr_scale":
+                              [0.1, 1.0]})
+    assert tuning.points_for(grid, "SASRec") == [{"learning_rate": 0.001},
+                                                 {"learning_rate": 0.01}]
+    assert len(tuning.points_for(grid, "ForwardOFA")) == 4
+    assert tuning.points_for({"ForwardOFA.x": [1]}, "SASRec") == [{}]
+    points = tuning.points_for(grid, "SASRec")
+    records = [{"point": points[0], "status": "ok", "valid": {"ndcg@10": v}} for v in (.3, .5)]
+    records += [{"point": points[1], "status": "ok", "valid": {"ndcg@10": v}} for v in (.45, .4)]
+    chosen, rows = tuning.choose(records, points, "ndcg@10")
+    assert chosen == points[1] and [r["chosen"] for r in rows] == [False, True]
+    assert rows[0]["mean"] == pytest.approx(0.4) and rows[1]["seeds"] == 2
+    records[2]["status"] = "error"  # a point with a failed run is never chosen
+    assert tuning.choose(records, points, "ndcg@10")[0] == points[0]
+    for bad in ({}, {"learning_rate": []}, {"learning_rate": [1, 1]}, {"a b": [1]}, [1]):
+        with pytest.raises(ValueError, match="--tune"):
+            tuning.check_grid(bad)
+    assert tuning.point_slug({"learning_rate": 0.001, "x": "a/b"}) == "learning_rate=0.001,x=a_b"
+
+
+def test_tuning_seeds_never_overlap_test_seeds_and_flags_parse():
+    with pytest.raises(ValueError, match="overlap the test seeds"):
+        run_benchmark("x", seeds=[1, 2], tune={"learning_rate": [0.1]}, tuning_seeds=[2])
+    args = cli.build_parser().parse_args(["--benchmark", "--tune={learning_rate: [0.1, 0.2]}",
+                                          "--tuning_seeds=2"])
+    assert cli.tuning_inputs(args, [5, 9]) == ({"learning_rate": [0.1, 0.2]}, [10, 11])
+    args = cli.build_parser().parse_args(["--benchmark", "--tune={lr: [1]}",
+                                          "--tuning_seeds=3,4"])
+    assert cli.tuning_inputs(args, [1])[1] == [3, 4]
+
+
+def test_one_benchmark_per_output_folder(bench, tmp_path):
+    dataset, config = bench
+    out = tmp_path / "out"
+    out.mkdir()
+    with runner._Lock(out):
+        with pytest.raises(ValueError, match="another benchmark .*pid .* is writing there"):
+            run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False)
+
+
+@pytest.mark.slow
+def test_tuning_picks_by_valid_and_the_test_runs_use_the_choice(bench, tmp_path):
+    dataset, config = bench
+    out = tmp_path / "out"
+    report = run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False,
+                           search_budgets=[], tune={"learning_rate": [0.0001, 0.01]},
+                           tuning_seeds=[7, 8])
+    stored = json.loads((out / "tuning" / "tuning.json").read_text())
+    rows = stored["chosen"]["SASRec-1"]["rows"]
+    runs = sorted(p.name for p in (out / "tuning" / "runs").glob("*.json"))
+    assert runs == [f"SASRec-1__learning_rate={lr}__seed{s}.json" for lr in (0.0001, 0.01)
+                    for s in (7, 8)]
+    for name in runs:  # tuning never evaluates test
+        record = json.loads((out / "tuning" / "runs" / name).read_text())
+        assert "test" not in record and record["valid"]["ndcg@10"] >= 0
+    best = max(rows, key=lambda r: r["mean"])
+    assert best["chosen"] and stored["chosen"]["SASRec-1"]["point"] == best["point"]
+    assert report.records[0]["overrides"]["learning_rate"] == best["point"]["learning_rate"]
+    assert "## Tuning" in (out / "benchmark.md").read_text()
+    assert "chosen" in report.tuning_table()
+
+
+class Killed(BaseException):
+    """A Ctrl-C after the first validation's progress was written."""
+
+
+@pytest.mark.slow
+def test_an_interrupted_benchmark_run_resumes_mid_training(bench, tmp_path, monkeypatch):
+    dataset, config = bench
+    config = dict(config, epochs=3)
+    whole = run_benchmark(dataset, None, config, ["SASRec-1"], [1], tmp_path / "whole",
+                          progress=False, search_budgets=[])
+    real = PluginTrainerMixin.save_progress
+
+    def save_then_die(self, *args):
+        real(self, *args)
+        raise Killed
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(PluginTrainerMixin, "save_progress", save_then_die)
+    with pytest.raises(Killed):
+        run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False,
+                      search_budgets=[])
+    assert len(list((out / "progress").glob("*.pt"))) == 1
+    monkeypatch.setattr(PluginTrainerMixin, "save_progress", real)
+    resumed = run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False,
+                            search_budgets=[])
+    record = resumed.records[0]
+    assert record["resumed"] == [["train", 0]]
+    assert record["test"] == whole.records[0]["test"]
+    assert record["training"] == whole.records[0]["training"]
+    assert not list((out / "progress").glob("*.pt"))  # dropped once the run is stored
+
+
+@pytest.mark.slow
+def test_changed_data_and_unreadable_files_run_again(bench, tmp_path, capfd):
+    dataset, config = bench
+    out = tmp_path / "out"
+    first = run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False,
+                          search_budgets=[])
+    path = out / "runs" / "SASRec-1__seed1.json"
+    path.write_text(path.read_text()[:50])  # a truncated file
+    again = run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False,
+                          search_budgets=[])
+    assert (out / "runs" / "SASRec-1__seed1.json.unreadable").is_file()
+    assert "SASRec-1__seed1.json: unreadable" in capfd.readouterr().err
+    assert again.records[0]["test"] == first.records[0]["test"]
+    inter = next((tmp_path / "data").rglob("*.inter"))
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join(lines[:-40]) + "\n")  # other data: the stored run is not reused
+    changed = run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False,
+                            search_budgets=[])
+    assert changed.settings["data_key"] != first.settings["data_key"]
+    assert changed.records[0]["settings_key"] != first.records[0]["settings_key"]
+    # a run file of other settings is never mixed into the table
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(stored, settings_key="other")))
+    with pytest.raises(ValueError, match="written by a benchmark with other settings"):
+        runner._stored_record(path, stored["settings_key"])
