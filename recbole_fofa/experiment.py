@@ -103,6 +103,8 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
         net.stage = Stage.ADAPT
         seconds[Stage.SUPERNET.value] = list(supernet_seconds or [])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if supernet is not None:
+        trainer.stage1_backbone = supernet  # stage 2 starts from it, not from backbone_init
     if checkpoint_file is not None:
         trainer.saved_model_file = str(checkpoint_file)
     if progress_file is not None:
@@ -117,5 +119,5 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
                       best_valid_score=float(best_score),
                       best_valid_result={k: float(v) for k, v in (best_result or {}).items()},
                       epoch_seconds=seconds,
-                      supernet=getattr(trainer, "stage1_backbone", None) or supernet)
+                      supernet=getattr(trainer, "stage1_backbone", None))
     return trained

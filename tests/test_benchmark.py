@@ -157,8 +157,9 @@ def test_resolve_variants():
     assert not variants["ForwardOFA-4"].shares_supernet  # a different supernet
     assert variants["GRU4Rec"].overrides == {}
     default = [v.label for v in runner.default_variants(6)]
-    assert default[:6] == ["ForwardOFA", "ForwardOFA-shared", "ForwardOFA-nomapper",
-                           "ForwardOFA-allblocks", "SASRec-2", "SASRec-6"]
+    assert default[:7] == ["ForwardOFA", "ForwardOFA-shared", "ForwardOFA-nomapper",
+                           "ForwardOFA-allblocks", "ForwardOFA-fromSASRec", "SASRec-2",
+                           "SASRec-6"]
     assert {"GRU4Rec", "BERT4Rec", "Caser", "NextItNet", "LightSANs"} <= set(default)
     with pytest.raises(ValueError, match="twice"):
         resolve_variants(["SASRec-2", "SASRec-2"], 6)

@@ -137,3 +137,31 @@ def test_changed_data_and_unreadable_files_run_again(bench, tmp_path, capfd):
     path.write_text(json.dumps(dict(stored, settings_key="other")))
     with pytest.raises(ValueError, match="written by a benchmark with other settings"):
         runner._stored_record(path, stored["settings_key"])
+
+
+def test_a_run_that_starts_from_another_comes_after_it():
+    variants = runner.resolve_variants(["ForwardOFA-fromSASRec", "SASRec-3"], 3)
+    assert variants[0].overrides == {"backbone_init": "@SASRec-3"}
+    assert [v.label for v in runner._in_dependency_order(variants)] == [
+        "SASRec-3", "ForwardOFA-fromSASRec"]
+    with pytest.raises(ValueError, match=r"starts from the runs of \['SASRec-3'\]: add them"):
+        runner._in_dependency_order(variants[:1])
+    bound = runner._bound(variants[0], lambda label: f"saved/{label}.pth")
+    assert bound.overrides == {"backbone_init": "saved/SASRec-3.pth"}
+
+
+@pytest.mark.slow
+def test_forward_ofa_starts_from_the_sasrec_run_of_its_seed_and_tuning_point(bench, tmp_path):
+    dataset, config = bench
+    config = dict(config, n_blocks=3, supernet_epochs=1, epochs=1)
+    out = tmp_path / "out"
+    report = run_benchmark(dataset, None, config, ["ForwardOFA-fromSASRec", "SASRec-3"], [1],
+                           out, progress=False, search_budgets=[],
+                           tune={"learning_rate": [0.01]}, tuning_seeds=[9])
+    rows = {r["label"]: r for r in report.records}
+    assert all(r["status"] == "ok" for r in rows.values()), report.errors()
+    sasrec_key = rows["SASRec-3"]["settings_key"]
+    path = rows["ForwardOFA-fromSASRec"]["overrides"]["backbone_init"]
+    assert path == str(out / "saved" / f"SASRec-3__seed1-{sasrec_key}.pth")
+    tuned = json.loads(next((out / "tuning" / "runs").glob("ForwardOFA-fromSASRec*")).read_text())
+    assert "SASRec-3__learning_rate=0.01__seed9-" in tuned["overrides"]["backbone_init"]

@@ -60,7 +60,7 @@ class Variant:
         return self.model == "ForwardOFA" and set(self.overrides) <= experiment.STAGE2_KEYS
 
 
-def _forward_ofa_variants():
+def _forward_ofa_variants(n_blocks):
     return {
         "ForwardOFA": Variant("ForwardOFA", "ForwardOFA", {}, "model"),
         "ForwardOFA-shared": Variant("ForwardOFA-shared", "ForwardOFA",
@@ -69,6 +69,9 @@ def _forward_ofa_variants():
                                        {"mapper_mode": "none"}, "ablation"),
         "ForwardOFA-allblocks": Variant("ForwardOFA-allblocks", "ForwardOFA",
                                         {"controller": "none"}, "ablation"),
+        # stage 1 starts from the SASRec-<n_blocks> run of the same seed (its best checkpoint)
+        "ForwardOFA-fromSASRec": Variant("ForwardOFA-fromSASRec", "ForwardOFA",
+                                         {"backbone_init": f"@SASRec-{n_blocks}"}, "ablation"),
     }
 
 
@@ -76,7 +79,7 @@ def default_variants(n_blocks: int) -> List[Variant]:
     """ForwardOFA, its three ablations, SASRec at 2 and at ``n_blocks`` layers, and
     :data:`BASELINES`."""
     sasrec = [Variant(f"SASRec-{n}", "SASRec", {"n_layers": n}) for n in sorted({2, n_blocks})]
-    return [*_forward_ofa_variants().values(), *sasrec,
+    return [*_forward_ofa_variants(n_blocks).values(), *sasrec,
             *[Variant(name, name) for name in BASELINES]]
 
 
@@ -101,6 +104,39 @@ def resolve_variants(names: Sequence[str], n_blocks: int) -> List[Variant]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"benchmark models: {labels} names a model twice")
     return variants
+
+
+def references(variant) -> Dict[str, str]:
+    """``{key: label}`` of the variant's overrides that name another run (``"@SASRec-6"``: that
+    label's best checkpoint of the same seed, and for a tuning run of the same grid point)."""
+    return {k: v[1:] for k, v in variant.overrides.items()
+            if isinstance(v, str) and v.startswith("@")}
+
+
+def _in_dependency_order(variants):
+    """``variants`` with every referenced label before the variants that name it; a
+    ValueError when a referenced label is not a model of this benchmark."""
+    labels = [v.label for v in variants]
+    for variant in variants:
+        missing = sorted(set(references(variant).values()) - set(labels))
+        if missing:
+            raise ValueError(f"benchmark model {variant.label} starts from the runs of "
+                             f"{missing}: add them to --model")
+    return sorted(variants, key=lambda v: bool(references(v)))
+
+
+def _bound(variant, checkpoint_of):
+    """``variant`` with each reference replaced by ``checkpoint_of(label)`` (a path)."""
+    refs = references(variant)
+    if not refs:
+        return variant
+    overrides = {**variant.overrides, **{k: str(checkpoint_of(label)) for k, label in
+                                         refs.items()}}
+    return Variant(variant.label, variant.model, overrides, variant.kind)
+
+
+def _checkpoint_path(output_dir, stem, key):
+    return Path(output_dir) / "saved" / f"{stem}-{key}.pth"
 
 
 def check_reference(reference, variants, n_blocks):
@@ -243,7 +279,7 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             supernet=None if shared is None else shared["state"],
             supernet_seconds=None if shared is None else shared["seconds"],
             progress_file=progress_file,
-            checkpoint_file=Path(output_dir) / "saved" / f"{stem}-{key}.pth",
+            checkpoint_file=_checkpoint_path(output_dir, stem, key),
         )
         record["resumed"] = [list(r) for r in trained.trainer.resumes]
         if tuning_run:
@@ -422,8 +458,8 @@ def run_benchmark(
         budget, n_blocks, data_key = epoch_budget(dataset, config_file_list, common,
                                                   search_budgets)
         data = (dataset, data_key)
-        variants = (default_variants(n_blocks) if not models
-                    else resolve_variants(list(models), n_blocks))
+        variants = _in_dependency_order(default_variants(n_blocks) if not models
+                                        else resolve_variants(list(models), n_blocks))
         reference = check_reference(reference, variants, n_blocks)
         supernets = _Supernets(output_dir / "supernets",
                                lambda seed: settings_key(list(data), sorted(common.items()), seed,
@@ -435,9 +471,15 @@ def run_benchmark(
             chosen = _tune(variants, grid, tuning_seeds, data, context, progress)
             variants = [Variant(v.label, v.model, {**v.overrides, **chosen[v.label]["point"]},
                                 v.kind) for v in variants]
-        jobs = [(v, s) for s in seeds for v in variants]
-        keys = {(v.label, s): _run_key(v, s, data, config_file_list, common,
-                                       list(search_budgets), routing) for v, s in jobs}
+        keys = {}
+        jobs = []
+        for seed in seeds:
+            for variant in variants:  # referenced runs first: their keys name their files
+                variant = _bound(variant, lambda label, seed=seed: _checkpoint_path(
+                    output_dir, _file_stem(label, seed), keys[label, seed]))
+                keys[variant.label, seed] = _run_key(variant, seed, data, config_file_list,
+                                                     common, list(search_budgets), routing)
+                jobs.append((variant, seed))
         bar = tqdm(jobs, desc="benchmark", unit="run", disable=not progress, ncols=100)
         for variant, seed in bar:
             bar.set_postfix_str(f"{variant.label} seed {seed}")
@@ -496,18 +538,30 @@ def _tune(variants, grid, tuning_seeds, data, context, progress):
     jobs = [(v, tuple(sorted(p.items())), s) for v in variants
             for p in tuning.points_for(grid, v.model) for s in tuning_seeds]
     bar = tqdm(jobs, desc="tuning", unit="run", disable=not progress, ncols=100)
-    records = {}
+    records, keys = {}, {}
+    models = {v.label: v.model for v in variants}
+
+    def stem(label, point, seed):
+        return f"{label}__{tuning.point_slug(point)}__seed{seed}"
+
+    def reference_run(label, point, seed):  # the referenced label's run at the same point
+        own = {k: v for k, v in point.items()
+               if k in tuning.points_for(grid, models[label])[0]}
+        return _checkpoint_path(context["output_dir"], stem(label, own, seed),
+                                keys[label, tuple(sorted(own.items())), seed])
+
     for variant, point, seed in bar:
-        point = dict(point)
-        slug = tuning.point_slug(point)
-        bar.set_postfix_str(f"{variant.label} {slug} seed {seed}")
-        run = Variant(variant.label, variant.model, {**variant.overrides, **point},
-                      variant.kind)
+        bar.set_postfix_str(f"{variant.label} {tuning.point_slug(dict(point))} seed {seed}")
+        run = _bound(Variant(variant.label, variant.model, {**variant.overrides, **dict(point)},
+                             variant.kind),
+                     lambda label, point=point, seed=seed: reference_run(label, dict(point),
+                                                                         seed))
         key = _run_key(run, seed, data, context["config_file_list"], context["common"], None,
                        tuning_run=True)
-        record = _run_stored(runs_dir / f"{variant.label}__{slug}__seed{seed}.json", key, run,
-                             seed, context, search_budgets=[], tuning_run=True)
-        records.setdefault(variant.label, []).append({**record, "point": point})
+        keys[variant.label, point, seed] = key
+        record = _run_stored(runs_dir / f"{stem(variant.label, dict(point), seed)}.json", key,
+                             run, seed, context, search_budgets=[], tuning_run=True)
+        records.setdefault(variant.label, []).append({**record, "point": dict(point)})
     chosen = {}
     for variant in variants:
         point, rows = tuning.choose(records.get(variant.label, []),

@@ -241,6 +241,23 @@ class ForwardOFA(SequentialRecommender):
             if self.is_backbone(name):
                 yield parameter
 
+    def load_sasrec_backbone(self, state_dict):
+        """Make the supernet the SASRec whose ``state_dict`` is given (a SASRec of ``n_layers =
+        n_blocks`` and the same sizes): the same network, its ``trm_encoder.layer.<i>`` being
+        block ``i``. The controller and mapper are left as they are. A ValueError names the
+        weights that do not fit."""
+        mapped = {name.replace("trm_encoder.layer.", "blocks.", 1): tensor
+                  for name, tensor in state_dict.items()}
+        ours = {k: v for k, v in self.state_dict().items() if self.is_backbone(k)}
+        missing = sorted(ours.keys() - mapped.keys())
+        extra = sorted(mapped.keys() - ours.keys())
+        shapes = sorted(k for k in ours.keys() & mapped.keys()
+                        if ours[k].shape != mapped[k].shape)
+        if missing or extra or shapes:
+            raise ValueError(f"backbone_init: the SASRec weights do not fit the supernet: missing "
+                             f"{missing[:5]}, unexpected {extra[:5]}, other shapes {shapes[:5]}")
+        self.load_state_dict(mapped, strict=False)
+
     def backbone_state_dict(self):
         """A detached copy of the supernet's state (what stage 2 can start from)."""
         return {name: tensor.detach().clone() for name, tensor in self.state_dict().items()

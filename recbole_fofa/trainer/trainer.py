@@ -14,7 +14,13 @@ from recbole_fofa.search import SearchSettings, build_space
 from recbole_fofa.search import search as run_search
 from recbole_fofa.search.estimator import PredictedQuality, SubnetEstimator
 from recbole_fofa.search.oracle import align_users, route_by_valid
-from recbole_fofa.trainer.base import Trainer
+from recbole_fofa.trainer.base import Trainer, dataset_fingerprint
+
+#: (SASRec key, ForwardOFA key) pairs that must agree for ``backbone_init`` (the same network)
+SASREC_SHAPE_KEYS = (("n_layers", "n_blocks"), ("hidden_size", "hidden_size"),
+                     ("inner_size", "inner_size"), ("n_heads", "n_heads"),
+                     ("hidden_act", "hidden_act"), ("layer_norm_eps", "layer_norm_eps"),
+                     ("MAX_ITEM_LIST_LENGTH", "MAX_ITEM_LIST_LENGTH"))
 
 
 class ForwardOFATrainer(Trainer):
@@ -97,6 +103,11 @@ class ForwardOFATrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         self._prepare_model(self.model.stage)
+        # a fresh run whose stage 2 does not start from a given supernet (stage1_backbone)
+        fresh = (self._pending is None and self.start_epoch == 0 and self.stage1_backbone is None
+                 and (self.model.stage is Stage.SUPERNET or self.supernet_epochs == 0))
+        if fresh and self.config["backbone_init"]:
+            self.init_backbone(train_data)
         if self.model.stage is Stage.SUPERNET:
             self.logger.info(set_color(f"stage 1: supernet ({self.epochs} epochs)", "blue"))
             super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
@@ -106,6 +117,28 @@ class ForwardOFATrainer(Trainer):
             self.enter_stage(Stage.ADAPT)
         self.logger.info(set_color(f"stage 2: controller + mapper ({self.epochs} epochs)", "blue"))
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def init_backbone(self, train_data):
+        """Start the supernet from the SASRec checkpoint of config key ``backbone_init``
+        (read like every checkpoint, ``trust_checkpoint`` applying): the same sizes and, where
+        the checkpoint records it, the same training data."""
+        path = self.config["backbone_init"]
+        checkpoint = distributed.load_checkpoint(path, self.device, self.trust_checkpoint)
+        saved = checkpoint.get("config")
+        if saved is None or saved["model"] != "SASRec":
+            raise ValueError(f"config key `backbone_init` = {path!r}: not a SASRec checkpoint "
+                             f"(model {None if saved is None else saved['model']!r})")
+        fingerprint = getattr(saved, "dataset_fingerprint", None)
+        if fingerprint is not None and fingerprint != dataset_fingerprint(train_data._dataset):
+            raise ValueError(f"config key `backbone_init` = {path!r}: that SASRec was trained "
+                             "on other data")
+        wrong = [f"`{theirs}` {saved[theirs]!r} there, `{ours}` {self.config[ours]!r} here"
+                 for theirs, ours in SASREC_SHAPE_KEYS if saved[theirs] != self.config[ours]]
+        if wrong:
+            raise ValueError(f"config key `backbone_init` = {path!r}: the SASRec is not this "
+                             "supernet: " + "; ".join(wrong))
+        self.model.load_sasrec_backbone(checkpoint["state_dict"])
+        self.logger.info(set_color("stage 1", "blue") + f": the supernet starts from {path}")
 
     def untrained_message(self, stage):
         if Stage.of(stage) is Stage.SUPERNET:
