@@ -332,6 +332,7 @@ MODEL_KEYS: Dict[str, Dict[str, Key]] = {
                                "null, or the path of a SASRec checkpoint with n_layers = n_blocks",
                                (1, "", True, ["a.pth"])),),
         "distill_weight": (number(0),),
+        "adapt_distill_weight": (number(0), STAGE2),
         "sparsity_weight": (number(0), STAGE2),
         "sparsity_target": (optional(number(0, 1, low_open=True)), STAGE2),
         "backbone_lr_scale": (number(0), STAGE2),

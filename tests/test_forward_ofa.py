@@ -262,3 +262,26 @@ def test_controller_none_fixes_every_block_and_penalises_nothing(fofa):
     batch = _batch(cfg, train)
     _, mask, probs = model.eval_structure(batch["item_id_list"], batch["item_length"])
     assert mask.all() and torch.equal(probs, torch.ones_like(probs))
+
+
+def test_stage2_distillation_adds_the_kl_from_the_full_network(fofa):
+    dataset, config = fofa
+    cfg, model, (train, _, _) = prepare("ForwardOFA", dataset, config_dict=dict(
+        config, controller="none", hidden_dropout_prob=0.0, attn_dropout_prob=0.0))
+    model.stage = Stage.ADAPT
+    model.train()
+    batch = _batch(cfg, train)
+    plain, _ = model.calculate_loss(batch)
+    model.adapt_distill_weight = 0.5
+    with_kl, _ = model.calculate_loss(batch)
+    seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    teacher = torch.softmax(model.scores(model.encode_subnet(seq, length, model.shape.full())), -1)
+    user = model._encode_batch(seq, length).user
+    kl = torch.nn.functional.kl_div(torch.log_softmax(model.scores(user), -1), teacher,
+                                    reduction="batchmean")
+    assert kl.item() > 0  # the generated parameters move each user away from the plain network
+    assert with_kl.item() == pytest.approx(plain.item() + 0.5 * kl.item(), rel=1e-5)
+    model.zero_grad()
+    with_kl.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for n, p in model.named_parameters() if n.startswith("mapper."))

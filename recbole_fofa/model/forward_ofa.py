@@ -105,6 +105,7 @@ class ForwardOFA(SequentialRecommender):
         self.supernet_full_epochs = config["supernet_full_epochs"]
         self.sparsity_target = config["sparsity_target"]
         self.distill_weight = config["distill_weight"]
+        self.adapt_distill_weight = config["adapt_distill_weight"]
         self.eval_grouping = config["eval_grouping"]
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -502,12 +503,25 @@ class ForwardOFA(SequentialRecommender):
             return self._supernet_loss(interaction, item_seq, item_seq_len)
         encoded = self._encode_batch(item_seq, item_seq_len)
         rec_loss = self._rec_loss(encoded.user, interaction)
+        if self.adapt_distill_weight:
+            rec_loss = rec_loss + self.adapt_distill_weight * self._distill_from_full(
+                encoded.user, item_seq, item_seq_len)
         # detached tensors, read once per epoch (mean_kept_blocks): no host sync per step
         self._kept_sum = self._kept_sum + encoded.mask.detach().sum()
         self._kept_rows += encoded.mask.size(0)
         if encoded.probs is None:  # a fixed structure: nothing to penalise
             return rec_loss, rec_loss.new_zeros(())
         return rec_loss, self.sparsity_weight * self.penalised_cost(encoded.probs).mean()
+
+    def _distill_from_full(self, user, item_seq, item_seq_len):
+        """KL from the full network's item distribution (every block, no generated parameters,
+        no gradient: the supernet as the teacher) to each user's own sub-network's
+        (``adapt_distill_weight``)."""
+        with torch.no_grad():
+            teacher = F.softmax(self.scores(self.encode_subnet(
+                item_seq, item_seq_len, self.largest_subnet())), dim=-1)
+        return F.kl_div(F.log_softmax(self.scores(user), dim=-1), teacher,
+                        reduction="batchmean")
 
     def penalised_cost(self, probs):
         """Per-user cost [B] the sparsity term penalises, from keep probabilities ``probs``
