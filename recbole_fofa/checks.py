@@ -322,6 +322,8 @@ MODEL_KEYS: Dict[str, Dict[str, Key]] = {
         "tau_start": (number(0, low_open=True), STAGE2),
         "tau_end": (number(0, low_open=True), STAGE2),
         "tau_anneal_epochs": (integer(0), STAGE2),
+        "gumbel_noise_end": (number(0, 1), STAGE2),
+        "controller_init_keep": (optional(number(0, 1, low_open=True, high_open=True)), STAGE2),
         "mapper_mode": (choice(MAPPER_MODES, "serial"), STAGE2),
         "mapper_rank": (integer(1), STAGE2, SIZE),
         "mapper_hidden": (integer(1), STAGE2, SIZE),

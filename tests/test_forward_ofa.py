@@ -285,3 +285,22 @@ def test_stage2_distillation_adds_the_kl_from_the_full_network(fofa):
     with_kl.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0
                for n, p in model.named_parameters() if n.startswith("mapper."))
+
+
+def test_noise_annealing_and_a_keep_everything_start(fofa):
+    from recbole_fofa.model.controller import gumbel_sigmoid
+
+    logits = torch.tensor([[2.0, -0.5, 0.1, -3.0]] * 64)
+    torch.manual_seed(0)
+    noisy = gumbel_sigmoid(logits, 0.5)
+    torch.manual_seed(0)
+    assert torch.equal(gumbel_sigmoid(logits, 0.5, noise=1.0), noisy)  # the default is unchanged
+    assert not torch.equal(noisy, noisy[:1].expand_as(noisy))  # samples differ by row
+    quiet = gumbel_sigmoid(logits, 0.5, noise=0.0)
+    assert torch.equal(quiet, (logits > 0).float())  # evaluation's structure at threshold 0.5
+    dataset, config = fofa
+    cfg, model, _ = prepare("ForwardOFA", dataset, config_dict=dict(
+        config, controller_init_keep=0.9, gumbel_noise_end=0.0, tau_anneal_epochs=4))
+    assert torch.allclose(torch.sigmoid(model.controller.linear.bias), torch.tensor(0.9))
+    trainer = get_trainer(cfg["MODEL_TYPE"], "ForwardOFA")(cfg, model)
+    assert [trainer.noise_scale(e) for e in (0, 2, 4, 9)] == [1.0, 0.5, 0.0, 0.0]

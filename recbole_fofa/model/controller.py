@@ -71,18 +71,21 @@ def gumbel_sigmoid(
     tau: float,
     hard: bool = True,
     generator: Optional[torch.Generator] = None,
+    noise: float = 1.0,
 ) -> torch.Tensor:
-    """Relaxed Bernoulli sample ``sigmoid((logits + logistic noise) / tau)``.
+    """Relaxed Bernoulli sample ``sigmoid((logits + noise * logistic noise) / tau)``.
 
     ``hard``: forward values are exactly 0/1 (threshold 0.5, so P(1) = sigmoid(logits) at any
-    ``tau``); gradients pass straight through the soft sample.
+    ``tau`` when ``noise`` is 1; at ``noise`` 0 the structure is ``logits > 0``, evaluation's at
+    ``keep_threshold`` 0.5); gradients pass straight through the soft sample.
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     eps = torch.finfo(logits.dtype).eps
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     u = u.clamp(eps, 1 - eps)
-    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / tau)
+    logistic = torch.log(u) - torch.log1p(-u)
+    soft = torch.sigmoid((logits + (logistic if noise == 1.0 else noise * logistic)) / tau)
     if not hard:
         return soft
     hard_y = (soft > 0.5).to(soft.dtype)

@@ -150,6 +150,7 @@ class ForwardOFA(SequentialRecommender):
         # A new model starts where training starts; a loaded one keeps its saved stage.
         self.stage = Stage.SUPERNET if config["supernet_epochs"] > 0 else Stage.ADAPT
         self.tau = config["tau_start"]
+        self.gumbel_noise = 1.0  # the trainer anneals it towards `gumbel_noise_end` with tau
         # Supernet steps taken so far: with a subnet_space, step t samples from rng(seed, t), and
         # a resumed run continues the sequence.
         self.supernet_step = 0
@@ -164,6 +165,9 @@ class ForwardOFA(SequentialRecommender):
         self.reset_kept_blocks()
         self.apply(self._init_weights)
         self.mapper.reset_parameters()  # generated deltas start at exactly zero
+        if config["controller_init_keep"] is not None:  # start near "keep every block"
+            p = float(config["controller_init_keep"])
+            nn.init.constant_(self.controller.linear.bias, math.log(p / (1 - p)))
 
     @property
     def stage(self) -> Stage:
@@ -294,7 +298,8 @@ class ForwardOFA(SequentialRecommender):
             fixed = torch.ones_like(logits)
             return (fixed, None) if sample else (None, fixed)
         probs = torch.sigmoid(logits)
-        return (gumbel_sigmoid(logits, self.tau, hard=True) if sample else None), probs
+        return (gumbel_sigmoid(logits, self.tau, hard=True, noise=self.gumbel_noise) if sample
+                else None), probs
 
     def structure_of(self, behaviours, lengths):
         """Deterministic structure of behaviour embeddings ``behaviours`` [B, k, d] (right-padded,

@@ -100,6 +100,13 @@ class ForwardOFATrainer(Trainer):
         progress = 1.0 if span == 0 else min(epoch_idx / span, 1.0)
         return start * (end / start) ** progress
 
+    def noise_scale(self, epoch_idx):
+        """Scale of the Gumbel noise in stage-2 epoch ``epoch_idx``: from 1 to
+        ``gumbel_noise_end``, linearly over ``tau_anneal_epochs`` (1 throughout by default)."""
+        end, span = self.config["gumbel_noise_end"], self.config["tau_anneal_epochs"]
+        progress = 1.0 if span == 0 else min(epoch_idx / span, 1.0)
+        return 1.0 + (end - 1.0) * progress
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         self._prepare_model(self.model.stage)
@@ -155,6 +162,7 @@ class ForwardOFATrainer(Trainer):
             model.supernet_epoch = epoch_idx
         else:
             model.tau = self.temperature(epoch_idx)
+            model.gumbel_noise = self.noise_scale(epoch_idx)
         losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         if model.stage is Stage.ADAPT:
             rec_loss, sparsity_loss = losses
