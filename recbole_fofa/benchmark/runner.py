@@ -272,7 +272,9 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
     try:
         settings = _run_settings(variant, seed, common, budget, output_dir)
         shared = None
-        if variant.shares_supernet and not tuning_run:
+        # a run with progress of its own resumes it (to the uninterrupted numbers) rather than
+        # starting stage 2 again from the supernet it stored
+        if variant.shares_supernet and not tuning_run and not progress_file.is_file():
             shared = supernets.load(seed)
         trained = experiment.train(
             variant.model, dataset, config_file_list, settings,
