@@ -224,6 +224,9 @@ def _rules(table):
     return {key: row.rule for key, row in table.items() if row.rule is not None}
 
 
+# c10d's deadline, now + timeout in int64 ns since 1970, wraps past ~7.4e9 s (gloo: 1e10 fails at
+# once "after 1e13 ms", 8e9 hangs, 6e9 works); no collective waits a year: far below the wrap.
+MAX_DIST_TIMEOUT = 365 * 24 * 3600
 PROBABILITY = number(0, 1, high_open=True)
 HIDDEN_ACT = Rule(lambda v: v in activation_names(), f"one of {list(activation_names())} "
                   "(recbole.model.layers.FeedForward's activations)", ("GELU", "leakyrelu", None))
@@ -251,11 +254,13 @@ COMMON_KEYS: Dict[str, Key] = _table(registry.shipped_defaults(), {
     "dist_backend": (Rule(lambda v: v is None or v in ("gloo", "nccl"),
                           "null (nccl on GPUs, gloo on CPUs), 'gloo' or 'nccl'",
                           ("mpi", "NCCL", 1)),),
-    "dist_timeout": (number(0, low_open=True),),
+    "dist_timeout": (number(0, MAX_DIST_TIMEOUT, low_open=True),),
     # checkpoints load only what RecBole's and the plugin's hold unless this is true (compat C1)
     "trust_checkpoint": (Rule(lambda v: isinstance(v, bool), "true or false (true unpickles "
                               "the file fully: only for files you trust)", (1, "yes", None)),
                          RELOAD),
+    # true: the console also shows the config, dataset and model dumps and library warnings
+    "verbose": (Rule(lambda v: isinstance(v, bool), "true or false", (1, "yes", None)), RELOAD),
     # the escape from the unknown-key check (check_key_names): keys of the user's own model
     "extra_keys": (Rule(lambda v: v is None or (isinstance(v, list) and all(
         isinstance(k, str) and k.isidentifier() for k in v)),
@@ -301,6 +306,11 @@ SEARCH_SPACES = ("block", "elastic", "compound")
 SEARCH_STRATEGIES = ("auto", "independent", "bottom_up", "top_down", "exhaustive", "pareto")
 # Exhaustive search evaluates every config with a RecBole evaluation: a million is already days.
 MAX_EXHAUSTIVE = 2**20
+# Evolution sizes: 100x OFA's population (100) and children (50 + 50), 20x its 500 generations;
+# OFA's predictor learned from 16K sub-networks; after 1,000 misses a child is repaired anyway.
+# MAX_SEARCH_DRAWS caps the children one budget draws (population + generations x children; OFA:
+# 50,100): a million is ~1 min of bookkeeping (~50 us each), days of evaluation, ~1 GB of configs.
+MAX_SEARCH_SIZE, MAX_PREDICTOR_SAMPLES, MAX_RESAMPLE, MAX_SEARCH_DRAWS = 10**4, 20_000, 1000, 10**6
 
 MODEL_KEYS: Dict[str, Dict[str, Key]] = {
     "ForwardOFA": _table(registry.shipped_defaults("ForwardOFA"), {
@@ -361,18 +371,18 @@ MODEL_KEYS: Dict[str, Dict[str, Key]] = {
                                "a metric name, with @k for top-k metrics (e.g. NDCG@10)",
                                (None, 10, "", "  ")), RELOAD),
         "search_eval_users": (optional(integer(1)), RELOAD),
-        "search_population": (integer(2), RELOAD),
-        "search_parents": (integer(1), RELOAD),
-        "search_mutants": (integer(0), RELOAD),
-        "search_crossovers": (integer(0), RELOAD),
+        "search_population": (integer(2, MAX_SEARCH_SIZE), RELOAD),
+        "search_parents": (integer(1, MAX_SEARCH_SIZE), RELOAD),
+        "search_mutants": (integer(0, MAX_SEARCH_SIZE), RELOAD),
+        "search_crossovers": (integer(0, MAX_SEARCH_SIZE), RELOAD),
         "search_mutation_prob": (number(0, 1, low_open=True), RELOAD),
-        "search_generations": (integer(1), RELOAD),
-        "search_warm_generations": (optional(integer(0)), RELOAD),
-        "search_max_resample": (integer(1), RELOAD),
+        "search_generations": (integer(1, MAX_SEARCH_SIZE), RELOAD),
+        "search_warm_generations": (optional(integer(0, MAX_SEARCH_SIZE)), RELOAD),
+        "search_max_resample": (integer(1, MAX_RESAMPLE), RELOAD),
         "search_exhaustive_limit": (integer(1, MAX_EXHAUSTIVE), RELOAD),
         "search_predictor": (Rule(lambda v: isinstance(v, bool), "true or false",
                                   (1, "yes", None)), RELOAD),
-        "search_predictor_samples": (integer(10), RELOAD),
+        "search_predictor_samples": (integer(10, MAX_PREDICTOR_SAMPLES), RELOAD),
         "search_predictor_min_rank_corr": (number(-1, 1), RELOAD),
         "search_seed": (optional(integer(0, 2**32 - 1)), RELOAD),
     }),
@@ -624,6 +634,17 @@ def check_evolution(values, each=False):
             "config keys `search_mutants` = 0 and `search_crossovers` = 0: a generation would "
             "add no child; set either to at least 1"
         )
+    children = mutants + crossovers if is_int(mutants) and is_int(crossovers) else 0
+    for key in ("search_generations", "search_warm_generations"):
+        generations = get(key)
+        if children and is_int(population) and is_int(generations) and (
+                population + generations * children > MAX_SEARCH_DRAWS):
+            raise ValueError(
+                f"config keys `search_population` = {population} + `{key}` = {generations} x "
+                f"(`search_mutants` + `search_crossovers` = {children}) draw "
+                f"{population + generations * children:,} sub-networks per budget (at most "
+                f"{MAX_SEARCH_DRAWS:,}): use `{key}` <= "
+                f"{max(0, (MAX_SEARCH_DRAWS - population) // children):,} or fewer children")
 
 
 def _check_search_metric(values):
@@ -714,9 +735,10 @@ def check_metrics(config):
 
 __all__ = [
     "BACKBONE_CHECKS", "BACKBONE_KEYS", "COMMON_CHECKS", "COMMON_KEYS", "EVOLUTION_KEYS", "FLAGS",
-    "KEY_TABLES", "Key", "MODEL_CHECKS", "MODEL_KEYS", "RELOAD", "RELOAD_OVERRIDABLE",
-    "RESUME", "RESUME_FREE_KEYS", "RUN_KEYS", "Rule", "SIZE", "SPACE", "STAGE2", "STAGE2_KEYS",
-    "TRAINED_SPACE_KEYS", "allowed_valid_metrics", "check_evolution", "check_keys",
-    "check_metrics", "check_value", "flagged", "is_int", "method_keys", "plain_values",
-    "resolve_model", "rules_for", "search_cost_bounds", "supernet_block_passes",
+    "KEY_TABLES", "Key", "MAX_DIST_TIMEOUT", "MAX_SEARCH_DRAWS", "MODEL_CHECKS", "MODEL_KEYS",
+    "RELOAD", "RELOAD_OVERRIDABLE", "RESUME", "RESUME_FREE_KEYS", "RUN_KEYS", "Rule", "SIZE",
+    "SPACE", "STAGE2", "STAGE2_KEYS", "TRAINED_SPACE_KEYS", "allowed_valid_metrics",
+    "check_evolution", "check_keys", "check_metrics", "check_value", "flagged", "is_int",
+    "method_keys", "plain_values", "resolve_model", "rules_for", "search_cost_bounds",
+    "supernet_block_passes",
 ]

@@ -26,12 +26,14 @@ from recbole_fofa.experiment import quiet_console
 from recbole_fofa.key_names import check_key_names
 from recbole_fofa.quick_start import (
     comparison_table,
+    export_checkpoint,
     results_table,
     run,
     search_worker,
     searching_trainer,
 )
 from recbole_fofa.registry import read_yaml
+from recbole_fofa.table import format_table
 from recbole_fofa.trainer.trainer import search_table
 
 #: --analysis names -> "module:function" (imported when used)
@@ -43,6 +45,11 @@ ANALYSES = {
     "mapper": "recbole_fofa.analysis.mapper:run_mapper",
 }
 DEFAULT_SEED = 2020  # RecBole's default `seed`
+class DefaultDataset(str):
+    """``--dataset``'s default: a ``str`` that tells it was not given (``--search`` then uses
+    the checkpoint's dataset)."""
+
+
 #: errors a user's input causes (bad values, names, files): one message, no traceback
 USER_ERRORS = (ValueError, OSError, ImportError)
 
@@ -60,15 +67,19 @@ def build_parser():
         "--config_files=main.yaml, the README job; a file of that name in the working folder "
         "wins)\n--trust_checkpoint (= --trust_checkpoint=true): load checkpoints with full "
         "unpickling, which runs any code\n  pickled into them: only for files you trust "
-        "(docs/usage.md, \"Checkpoints\")\ndocs: docs/usage.md",
+        "(docs/usage.md, \"Checkpoints\")\n--verbose (= --verbose=true): the console also "
+        "shows the config, dataset and model dumps and library\n  warnings (always in the log "
+        "file under log/)\ndocs: docs/usage.md",
     )
     parser.add_argument("--model", "-m", type=str, default=None,
                         help="model name, or several separated by commas to compare them "
                         "(default ForwardOFA; with --benchmark: ForwardOFA, its ablations and "
                         "RecBole's sequential baselines, or labels such as SASRec-6)")
-    parser.add_argument("--dataset", "-d", type=str, default="ml-100k",
+    # no type=: argparse would turn the default into a plain str (its identity type keeps it)
+    parser.add_argument("--dataset", "-d", default=DefaultDataset("ml-100k"),
                         help="dataset name (default ml-100k: RecBole's bundled copy, unless "
-                        "data_path holds one)")
+                        "data_path holds one); with --search: the checkpoint's own dataset "
+                        "(the default there; another name is an error)")
     parser.add_argument("--config_files", type=str, default=None,
                         help="space-separated YAML files; a shipped config's name (see below) "
                         "works from any folder (default: none, the YAML defaults)")
@@ -84,7 +95,20 @@ def build_parser():
                         help="search sub-networks of a saved ForwardOFA (--checkpoint) for "
                         "--search_budgets instead of training (docs/search.md)")
     parser.add_argument("--checkpoint", type=str, default=None,
-                        help="with --search: the saved model file (saved/ForwardOFA-*.pth)")
+                        help="with --search or --export: the saved model file "
+                        "(saved/ForwardOFA-*.pth)")
+    parser.add_argument("--export", action="store_true",
+                        help="export the searched sub-network of each --export_budgets of a "
+                        "saved ForwardOFA (--checkpoint) as on-device graphs and manifest.json "
+                        "to --output (default fofa-export/; docs/device.md; needs the `device` "
+                        "extra)")
+    parser.add_argument("--export_budgets", type=str, default=None,
+                        help="with --export: the tiers' budgets, e.g. \"[0.25, 0.5, 1.0]\" "
+                        "(fractions or \"<n> MACs\"; default: the checkpoint's search_budgets)")
+    parser.add_argument("--export_format", type=str, default="onnx",
+                        choices=("onnx", "executorch"),
+                        help="with --export: onnx (default) or executorch (.pte, needs the "
+                        "`executorch` extra)")
     parser.add_argument("--benchmark", action="store_true",
                         help="run the models over --seeds and write a table, CSV and PNG to "
                         "--output (docs/benchmarks.md)")
@@ -131,6 +155,11 @@ def main(argv=None):
         if args.debug:
             raise
         raise SystemExit(f"run_recbole_fofa: error: {err}\n(--debug shows the traceback)") from err
+    except KeyboardInterrupt:  # Ctrl-C: distributed workers are already stopped
+        if args.debug:
+            raise
+        print("run_recbole_fofa: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def check_flags(parser, args, rest):
@@ -158,7 +187,8 @@ def _main(parser, args, rest, argv):
     flags = check_flags(parser, args, rest)
     modes = [name for name, on in (("--benchmark", args.benchmark),
                                    ("--analysis", args.analysis is not None),
-                                   ("--search", args.search)) if on]
+                                   ("--search", args.search),
+                                   ("--export", args.export)) if on]
     if len(modes) > 1:
         raise SystemExit(f"run_recbole_fofa: {' and '.join(modes)} cannot be combined")
     if (args.reference is not None or args.routing or args.tune is not None
@@ -169,6 +199,8 @@ def _main(parser, args, rest, argv):
         run_benchmark_cli(args, rest)
     elif args.analysis is not None:
         run_analysis_cli(args, rest)
+    elif args.export:
+        run_export_cli(args, rest)
     elif args.search or args.checkpoint is not None:
         run_search(args, rest)
     else:
@@ -303,11 +335,11 @@ def config_flags(flags):
     """``{key: value}`` of ``--key=value`` flags, values read as RecBole reads command-line
     values (Python literals: numbers, lists, None, True/False; anything else a string), never
     evaluated (:func:`recbole_fofa.compat.literal_config_value`). A bare ``--trust_checkpoint``
-    is ``--trust_checkpoint=True``."""
+    or ``--verbose`` is ``--trust_checkpoint=True`` or ``--verbose=True``."""
     out = {}
     for flag in flags:
-        if flag == "--trust_checkpoint":  # the one bare config flag: a deliberate opt-in
-            flag = "--trust_checkpoint=True"
+        if flag in ("--trust_checkpoint", "--verbose"):  # the bare config flags
+            flag += "=True"
         name, sep, text = flag[2:].partition("=") if flag.startswith("--") else ("", "", "")
         if not sep or not name:
             raise ValueError(f"unrecognised argument {flag!r}: config flags are --key=value")
@@ -318,6 +350,26 @@ def config_flags(flags):
     return out
 
 
+def run_export_cli(args, rest):
+    """``--export --checkpoint=PATH [--export_budgets=[...]] [--output=DIR]``: search the tiers,
+    export their graphs, print the tiers; returns the manifest."""
+    if not args.checkpoint:
+        raise SystemExit("run_recbole_fofa: --export needs --checkpoint=PATH (a saved "
+                         "ForwardOFA model file)")
+    budgets = None
+    if args.export_budgets is not None:
+        budgets = compat.literal_config_value(args.export_budgets)
+        budgets = budgets if isinstance(budgets, list) else [budgets]
+    output = args.output or "fofa-export"
+    manifest = export_checkpoint(args.checkpoint, budgets, output, config_flags(rest),
+                                 args.export_format)
+    print(f"\n{manifest['format']} tiers of {args.checkpoint}")
+    print(format_table(manifest["tiers"], ["budget", "config", "macs", "params", "graph",
+                                           "graph_bytes", "scoring_graph_bytes"]))
+    print(f"written: {Path(output) / 'manifest.json'}")
+    return manifest
+
+
 def run_search(args, rest):
     """``--search --checkpoint=PATH [--search_budgets=[...] ...]``: search, print the table and
     the JSON path; returns the ``SearchResult``."""
@@ -326,12 +378,15 @@ def run_search(args, rest):
     if not args.checkpoint:
         raise SystemExit("run_recbole_fofa: --search needs --checkpoint=PATH (a saved "
                          "ForwardOFA model file)")
+    overrides = config_flags(rest)
+    if not isinstance(args.dataset, DefaultDataset):  # must be the checkpoint's own dataset
+        overrides["dataset"] = args.dataset
     if args.nproc > 1:  # candidates of each generation spread over --nproc processes
         result, path = distributed.spawn(search_worker, args.nproc,
-                                         (args.checkpoint, None, config_flags(rest), None),
+                                         (args.checkpoint, None, overrides, None),
                                          ip=args.ip, port=args.port, backend="gloo")
     else:
-        trainer, valid_data, test_data = searching_trainer(args.checkpoint, config_flags(rest))
+        trainer, valid_data, test_data = searching_trainer(args.checkpoint, overrides)
         result, path = trainer.search(valid_data, test_data), trainer.search_result_file
     print(f"\nsubnet search ({result.strategy}, {result.space} space) of {args.checkpoint}")
     print(search_table(result, result.settings["metric"]))

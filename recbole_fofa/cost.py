@@ -64,6 +64,7 @@ __all__ = [
     "mapper_macs",
     "mapper_head_outputs",
     "mapper_params",
+    "merge_macs",
     "sasrec_cost",
     "scoring_macs",
 ]
@@ -268,6 +269,14 @@ def _merge_macs(d, f, r):
     """MACs of merging both low-rank deltas into one block: (U G) then (U G) V, for
     W1 (d_ff x d) and W2 (d x d_ff)."""
     return 2 * r * d * f + r * r * (d + f)
+
+
+def merge_macs(hidden_size, inner_size, rank):
+    """MACs of folding one user's low-rank deltas into one block of feed-forward width
+    ``inner_size`` (:func:`~recbole_fofa.search.extract.fold_block`): ``2*r*d*d_ff +
+    r^2*(d + d_ff)``; part of :func:`mapper_macs`, and the device's cost when it folds."""
+    d, f, r = _ints(hidden_size, inner_size, rank)
+    return _as_int(_merge_macs(d, f, r))
 
 
 def mapper_macs(hidden_size, inner_size, n_blocks, rank, mapper_hidden, mode, n_kept):

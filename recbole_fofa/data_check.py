@@ -14,6 +14,8 @@ column that the run cannot do without (e.g. ``TIME_FIELD`` for a sequential mode
 declares is added to RecBole's default ``load_col``; without it RecBole would fail.
 """
 
+import codecs
+import csv
 import importlib
 import os
 from collections import Counter
@@ -26,6 +28,10 @@ from recbole.data.dataset import KnowledgeBasedDataset, SequentialDataset
 from recbole.utils import FeatureType, ModelType, set_color
 
 FEATURE_TYPES = tuple(member.value for member in FeatureType)
+#: Sources RecBole reads whatever ``load_col`` says (a model needs them); ``user``, ``item`` and
+#: the ``additional_feat_suffix`` files are read only when ``load_col`` lists them.
+ALWAYS_READ = ("inter", "kg", "link")
+CHUNK_BYTES = 1 << 20  # the text pass reads files in chunks of this size
 
 
 class DatasetFileError(ValueError):
@@ -66,8 +72,10 @@ def check_atomic_files(config):
     column out (or names a column the file lacks), or a value that does not parse as its type.
     Returns the list of fields added to ``load_col`` (empty when nothing was added).
     """
-    files = _atomic_files(config)
+    files = [atomic for atomic in _atomic_files(config)
+             if atomic.source in ALWAYS_READ or _read_by_recbole(config, atomic.source)]
     for atomic in files:
+        check_text(atomic.path, config)
         atomic.header = read_header(atomic.path, config)
     needs = _needs(config, files)
     _check_declared(config, files, needs)
@@ -95,7 +103,7 @@ def read_header(path, config):
             f"{path} starts with a byte-order mark; set `encoding: utf-8-sig` in the config "
             f"(or save the file without the BOM)."
         )
-    header = []
+    header, seen = [], {}
     for position, column in enumerate(head.split(separator), start=1):
         name, colon, ftype = column.partition(":")
         if not colon or ":" in ftype or not name or ftype not in FEATURE_TYPES:
@@ -104,8 +112,75 @@ def read_header(path, config):
                 f"with type one of {', '.join(FEATURE_TYPES)} (fields are separated by "
                 f"`field_separator` = {separator!r}). Header: {head!r}"
             )
+        if name in seen:
+            raise DatasetFileError(
+                f"{path}, line 1 (header): field `{name}` is declared twice (columns "
+                f"{seen[name]} and {position}); RecBole keeps one column per field name: rename "
+                f"or remove one. Header: {head!r}"
+            )
+        seen[name] = position
         header.append((name, ftype))
     return header
+
+
+def check_text(path, config):
+    """One pass over the bytes of an atomic file: it decodes as ``encoding``, and no field is
+    longer than the limit of the reader RecBole parses it with (pandas' python engine, that is
+    Python's ``csv.field_size_limit()``, with a one-character ``field_separator``). Either
+    failure is a :class:`DatasetFileError` naming the file and the line."""
+    setting, separator = config["encoding"], config["field_separator"]
+    encoding = setting or "utf-8"  # null: pandas reads the values as utf-8
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)("strict")
+    except LookupError:
+        raise DatasetFileError(
+            f"config key `encoding` = {setting!r} is not an encoding Python knows: use a codec "
+            "name such as 'utf-8', 'utf-8-sig' or 'latin-1'"
+        ) from None
+    limit = csv.field_size_limit() if len(separator) == 1 else None
+    offset, line, tail, header = 0, 1, "", None
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK_BYTES)
+            pending = decoder.getstate()[0]  # bytes of a character cut by the last chunk
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                start = offset - len(pending) + err.start
+                before = err.object[:err.start].decode(encoding, "replace").count("\n")
+                raise DatasetFileError(
+                    f"{path}, line {line + before} (byte offset {start}): "
+                    f"{err.object[err.start:err.end]!r} is not {encoding} text (config key "
+                    f"`encoding` = {setting!r}). Set `encoding` to the file's encoding (e.g. "
+                    f"`encoding: latin-1`, or `cp1252` for Windows files), or save the file as "
+                    f"{encoding}."
+                ) from None
+            lines = (tail + text).split("\n")
+            tail = lines.pop() if chunk else ""
+            if header is None and lines:
+                header = lines[0].rstrip("\r").split(separator)
+            if limit is not None and max(map(len, lines), default=0) > limit:
+                _check_field_lengths(path, lines, line, separator, limit, header or [])
+            line += len(lines)
+            offset += len(chunk)
+            if not chunk:
+                return
+
+
+def _check_field_lengths(path, lines, first, separator, limit, header):
+    """Raise naming the first field of ``lines`` (numbered from ``first``) over ``limit``;
+    ``header``: the file's header columns, to name the field."""
+    for number, text in enumerate(lines, start=first):
+        for position, value in enumerate(text.rstrip("\r").split(separator), start=1):
+            if len(value) > limit:
+                field = f" ({header[position - 1]!r})" if position <= len(header) else ""
+                raise DatasetFileError(
+                    f"{path}, line {number}, column {position}{field}: a value of {len(value):,} "
+                    f"characters (starting {value[:20]!r}) is longer than the {limit:,} "
+                    "characters RecBole's reader takes in one field (pandas' python engine, "
+                    "Python's csv.field_size_limit()); shorten it (tokens are ids) or check "
+                    f"`field_separator` = {separator!r}"
+                )
 
 
 def check_values(path, header, fields, config):
@@ -370,9 +445,10 @@ def _headers(files):
 
 
 def _read_by_recbole(config, source):
-    """Whether RecBole's ``_load_feat`` reads this source at all (``load_col`` lists it)."""
+    """Whether RecBole's ``_load_feat`` reads this source at all (``load_col`` lists it with at
+    least one field, or ``'*'``)."""
     load_col = config["load_col"]
-    return load_col is None or source in load_col
+    return load_col is None or bool(load_col.get(source))
 
 
 def _loaded_fields(config, atomic):

@@ -21,7 +21,10 @@ import copy
 import datetime
 import errno
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from logging import getLogger
 
@@ -32,6 +35,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_fofa import compat
+from recbole_fofa.checks import COMMON_CHECKS
 
 #: Process-group backends the plugin sets up: gloo (CPU tensors, also CUDA) and NCCL (GPUs).
 BACKENDS = ("gloo", "nccl")
@@ -176,6 +180,7 @@ def init_process_group(backend, rank, world_size, ip, port, timeout=DEFAULT_TIME
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside the world of {world_size} processes: check "
                          "--world_size, --nproc and --group_offset")
+    COMMON_CHECKS["dist_timeout"]("dist_timeout", timeout)  # a huge one wraps inside c10d
     try:
         dist.init_process_group(
             backend=backend, init_method=f"tcp://{ip}:{port}", rank=rank, world_size=world_size,
@@ -297,8 +302,10 @@ def spawn(fn, nproc, args=(), ip="localhost", port=None, backend=None,
     the processes see; default all visible ones).
 
     A failing rank raises here with its traceback (the others are stopped); with ``deadline``
-    (seconds) a run that has not finished by then is stopped and a TimeoutError raised.
+    (seconds) a run that has not finished by then is stopped and a TimeoutError raised; SIGINT
+    or SIGTERM to this process stops every rank (:func:`join_workers`).
     """
+    COMMON_CHECKS["dist_timeout"]("dist_timeout", timeout)
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":  # no or too few GPUs: the error before any spawn
@@ -315,17 +322,76 @@ def spawn(fn, nproc, args=(), ip="localhost", port=None, backend=None,
     processes = mp.start_processes(
         _spawned, args=(nproc, ip, port, backend, timeout, fn, tuple(args), queue, gpu_id),
         nprocs=nproc, join=False, start_method="spawn")
-    end = None if deadline is None else time.monotonic() + deadline
-    while not processes.join(timeout=1):
-        if end is not None and time.monotonic() > end:
-            for process in processes.processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in processes.processes:
-                process.join(10)
-            raise TimeoutError(f"spawn: {nproc} processes running {fn.__name__} did not finish "
-                               f"within {deadline}s; stopped")
+    join_workers(processes, deadline, what=f"{nproc} processes running {fn.__name__}")
     return None if queue.empty() else queue.get()
+
+
+#: Signals that stop a distributed run: every worker is stopped with the parent.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop(BaseException):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_workers(processes, grace=10.0):
+    """SIGTERM every live process of ``processes`` (a list), then SIGKILL those still alive
+    after ``grace`` seconds; returns how many were running."""
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        process.terminate()
+    end = time.monotonic() + grace
+    for process in alive:
+        process.join(max(0.0, end - time.monotonic()))
+    for process in alive:
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+    return len(alive)
+
+
+def join_workers(context, deadline=None, what="the worker processes", grace=10.0):
+    """Wait for the processes of ``context`` (``torch.multiprocessing``'s ``ProcessContext``).
+
+    A failing worker raises here with its traceback (torch stops the others). SIGINT (Ctrl-C) or
+    SIGTERM to this process stops every worker (SIGTERM, SIGKILL after ``grace`` s) and then
+    raises ``KeyboardInterrupt`` or ``SystemExit(128 + SIGTERM)``; with ``deadline`` (seconds) a
+    run still going by then is stopped and a TimeoutError raised.
+    """
+    def stop(signum, frame):
+        raise _Stop(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers live there
+        previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    end = None if deadline is None else time.monotonic() + deadline
+    try:
+        while not context.join(timeout=1):
+            if end is not None and time.monotonic() > end:
+                stop_workers(context.processes, grace)
+                raise TimeoutError(f"spawn: {what} did not finish within {deadline}s; stopped")
+    except _Stop as stopped:
+        _restore(previous)  # a second Ctrl-C while stopping interrupts as usual
+        name = signal.Signals(stopped.signum).name
+        count = stop_workers(context.processes, grace)
+        print(f"{name}: stopped {count} of the {len(context.processes)} worker processes",
+              file=sys.stderr)
+        if stopped.signum == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise SystemExit(128 + stopped.signum) from None
+    except BaseException:
+        stop_workers(context.processes, grace)
+        raise
+    finally:
+        _restore(previous)
+
+
+def _restore(handlers):
+    while handlers:
+        signum, handler = handlers.popitem()
+        signal.signal(signum, handler)
 
 
 # ----------------------------------------------------------------------------- model and config
@@ -435,10 +501,10 @@ def drop_log_files(logger=None):
 
 
 __all__ = [
-    "BACKENDS", "DEFAULT_TIMEOUT", "PortInUseError", "all_gather_objects", "barrier",
-    "broadcast_object", "check_port_free", "checksum", "choose_backend", "destroy",
+    "BACKENDS", "DEFAULT_TIMEOUT", "PortInUseError", "STOP_SIGNALS", "all_gather_objects",
+    "barrier", "broadcast_object", "check_port_free", "checksum", "choose_backend", "destroy",
     "drop_log_files", "free_port", "get_rank", "get_world_size", "init_device",
-    "init_process_group", "is_distributed", "is_main_process", "load_checkpoint",
-    "no_tensorboard", "portable_config", "rank_gpu", "spawn", "unsharded", "unsharded_config",
-    "worker_threads", "wrap_model",
+    "init_process_group", "is_distributed", "is_main_process", "join_workers", "load_checkpoint",
+    "no_tensorboard", "portable_config", "rank_gpu", "spawn", "stop_workers", "unsharded",
+    "unsharded_config", "worker_threads", "wrap_model",
 ]

@@ -21,6 +21,8 @@ from recbole_fofa import checks, compat, distributed
 from recbole_fofa.checks import check_keys, check_metrics
 from recbole_fofa.config import Config
 from recbole_fofa.data_check import check_split
+from recbole_fofa.device.export import export_tiers, tiers_from_search
+from recbole_fofa.device.runtime import require
 from recbole_fofa.table import format_table
 from recbole_fofa.trainer.base import load_checkpoint
 from recbole_fofa.utils import get_model, get_trainer
@@ -38,8 +40,16 @@ def _fresh_logger(config):
     init_logger(config)
     if not distributed.is_main_process(config):
         distributed.drop_log_files(logger)  # only rank 0 writes RecBole's log file
+    if not config["verbose"]:
+        for handler in _console_handlers():
+            handler.addFilter(_NoDumps())
     quieten_console()
     return logger
+
+
+#: ``extra=`` of a log record that only the log file shows, unless ``verbose: true``
+DUMP = {"dump": True}
+_FILE_ONLY = []  # open file_only blocks
 
 
 class _NotWarnings(logging.Filter):
@@ -47,7 +57,48 @@ class _NotWarnings(logging.Filter):
         return record.name != "py.warnings"
 
 
+class _NoDumps(logging.Filter):
+    """The console of a run without ``verbose``: no dumps (:data:`DUMP` records, INFO records
+    inside :func:`file_only`) and no library warnings; the log file keeps them all."""
+
+    def filter(self, record):
+        if record.name == "py.warnings":
+            return False
+        if record.levelno >= logging.WARNING:
+            return True
+        return not (_FILE_ONLY or getattr(record, "dump", False))
+
+
+def _console_handlers():
+    return [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+
+
+@contextlib.contextmanager
+def file_only():
+    """Inside the block, INFO records go to the log file only (unless ``verbose: true``): for
+    what RecBole logs itself, such as ``data_preparation``'s summary."""
+    _FILE_ONLY.append(True)
+    try:
+        yield
+    finally:
+        _FILE_ONLY.pop()
+
+
 _QUIET = []  # console levels of the open quiet_console blocks
+_CAPTURING = []  # open warnings_to_log blocks
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Inside the block, Python warnings (pandas, torch deprecations) are log records of the
+    ``py.warnings`` logger: in the log file, and on the console only with ``verbose: true``."""
+    logging.captureWarnings(True)
+    _CAPTURING.append(True)
+    try:
+        yield
+    finally:
+        _CAPTURING.pop()
+        logging.captureWarnings(bool(_CAPTURING))
 
 
 @contextlib.contextmanager
@@ -56,13 +107,12 @@ def quiet_console(level=logging.WARNING):
     only records at ``level`` and above (no model dump, no per-epoch lines), and Python warnings
     (pandas, torch deprecations) go to the log file only. The benchmark and the analyses run in
     one, so that their console shows progress bars and tables."""
-    logging.captureWarnings(True)
     _QUIET.append(level)
     try:
-        yield
+        with warnings_to_log():
+            yield
     finally:
         _QUIET.pop()
-        logging.captureWarnings(bool(_QUIET))
 
 
 def quieten_console():
@@ -82,20 +132,21 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None):
     )
     init_seed(config["seed"], config["reproducibility"])
     logger = _fresh_logger(config)
-    logger.info(sys.argv)
-    logger.info(config)
+    logger.info(sys.argv, extra=DUMP)
+    logger.info(config, extra=DUMP)
     if config["single_spec"] is not False and config["dist_backend"] is not None:
         logger.warning(f"`dist_backend` = {config['dist_backend']!r} is not used: this is one "
                        "process without a process group (--nproc=1 without --world_size); add "
                        "--world_size=1 for one DDP process")
     data = create_dataset(config)
-    logger.info(data)
+    logger.info(data, extra=DUMP)
     check_split(config, data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    with file_only():
+        train_data, valid_data, test_data = data_preparation(config, data)
     # rank r draws from seed + r (global rank: machines do not repeat each other's draws)
     init_seed(config["seed"] + distributed.get_rank(), config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    logger.info(net)
+    logger.info(net, extra=DUMP)
     return config, net, (train_data, valid_data, test_data)
 
 
@@ -105,7 +156,15 @@ def run_recbole_fofa(
     """Train, validate, reload the best checkpoint and test one model; like ``run_recbole``.
 
     Returns ``{'best_valid_score', 'valid_score_bigger', 'best_valid_result', 'test_result'}``.
+    The console shows the epochs and, last, where the checkpoint and the log file are; the
+    config, dataset and model dumps and library warnings go to the log file only, unless
+    ``verbose: true``.
     """
+    with warnings_to_log():
+        return _run(model, dataset, config_file_list, config_dict, saved, queue)
+
+
+def _run(model, dataset, config_file_list, config_dict, saved, queue):
     config, net, (train_data, valid_data, test_data) = prepare(
         model, dataset, config_file_list, config_dict
     )
@@ -119,12 +178,13 @@ def run_recbole_fofa(
     )
     logger.info(
         "The running environment of this training is as follows:\n"
-        + get_environment(config).draw()
+        + get_environment(config).draw(), extra=DUMP
     )
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}", extra=DUMP)
+    logger.info(set_color("test result", "yellow") + f": {test_result}", extra=DUMP)
     if config["search_budgets"] is not None:  # the subnet search of the trained supernet
         trainer.search(valid_data, test_data, show_progress=config["show_progress"])
+    logger.info(where_written(trainer, saved, config["search_budgets"] is not None))
     result = {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
@@ -136,6 +196,25 @@ def run_recbole_fofa(
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def log_file(logger=None):
+    """The path of the log file RecBole's ``init_logger`` opened (None: none, e.g. rank > 0)."""
+    for handler in (logger or getLogger()).handlers:
+        if getattr(handler, "baseFilename", None):
+            return os.path.relpath(handler.baseFilename)
+    return None
+
+
+def where_written(trainer, saved=True, searched=False):
+    """Where a run's files went, one per line: the checkpoint, the search result (``searched``),
+    the log file."""
+    lines = [f"checkpoint: {trainer.saved_model_file}" if saved
+             else "checkpoint: none (saved=False)"]
+    if searched:
+        lines.append(f"search result: {trainer.search_result_file}")
+    lines.append(f"log file: {log_file() or 'none'}")
+    return set_color("written", "blue") + ":\n  " + "\n  ".join(lines)
 
 
 def run_recbole_fofas(rank, *args):
@@ -190,12 +269,9 @@ def run(
         offset=group_offset,
     )
     kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
-    mp.spawn(
-        run_recbole_fofas,
-        args=(model, dataset, config_file_list, kwargs),
-        nprocs=nproc,
-        join=True,
-    )
+    processes = mp.start_processes(run_recbole_fofas, nprocs=nproc, join=False,
+                                   args=(model, dataset, config_file_list, kwargs))
+    distributed.join_workers(processes, what=f"{nproc} training processes")  # Ctrl-C stops all
     return None if queue.empty() else queue.get()
 
 
@@ -252,9 +328,19 @@ RELOAD_OVERRIDABLE = checks.RELOAD_OVERRIDABLE
 
 def apply_overrides(config, overrides):
     """Set ``overrides`` (``{key: value}``) on a loaded ``config`` and check the result; keys
-    outside :data:`RELOAD_OVERRIDABLE` are refused, naming them."""
+    outside :data:`RELOAD_OVERRIDABLE` are refused, naming them, unless they repeat the saved
+    value (``dataset``: the checkpoint's own, as ``--search --dataset`` may name it)."""
     overrides = dict(overrides or {})
-    refused = sorted(set(overrides) - RELOAD_OVERRIDABLE)
+    saved = config.final_config_dict
+    refused = sorted(key for key in set(overrides) - RELOAD_OVERRIDABLE
+                     if key not in saved or saved[key] != overrides[key])
+    if "dataset" in refused:
+        raise ValueError(
+            f"--dataset / config key `dataset` = {overrides['dataset']!r} is not the dataset "
+            f"the checkpoint was trained on, {saved.get('dataset')!r}: a checkpoint is searched "
+            "and reloaded on its own dataset (its items and split); leave --dataset out or "
+            "name that one"
+        )
     if refused:
         raise ValueError(
             f"config keys {refused} cannot change on a saved checkpoint (they define its model "
@@ -310,6 +396,21 @@ def searching_trainer(model_file, config_dict=None):
         raise ValueError(f"{model_file} holds a {config['model']} model: only ForwardOFA "
                          "checkpoints can be searched")
     return trainer, valid_data, test_data
+
+
+def export_checkpoint(model_file, budgets=None, output_dir="fofa-export", config_dict=None,
+                      fmt="onnx", show_progress=None):
+    """Search a saved ForwardOFA's sub-networks for ``budgets`` (default: its
+    ``search_budgets``) and export each tier's graphs and ``manifest.json`` to ``output_dir``
+    (:func:`recbole_fofa.device.export.export_tiers`); returns the manifest. The runtime
+    packages are checked first: without the ``device`` extra this fails before searching."""
+    require(*(("executorch",) if fmt == "executorch" else ("onnx", "onnxscript")))
+    trainer, valid_data, test_data = searching_trainer(model_file, config_dict)
+    result = trainer.search(valid_data, test_data, budgets, show_progress=show_progress)
+    model = getattr(trainer.model, "module", trainer.model)
+    budgets = trainer.config["search_budgets"] if budgets is None else budgets
+    tiers = tiers_from_search(result, budgets, model.shape)
+    return export_tiers(model.eval(), tiers, output_dir, fmt, source=str(model_file))
 
 
 def results_table(result):

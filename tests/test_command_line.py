@@ -3,13 +3,15 @@
 import os
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import latest_log_text, write_atomic_files
 
-from recbole_fofa import Config, cli, run_recbole_fofa
+from recbole_fofa import Config, cli, quick_start, run_recbole_fofa
 from recbole_fofa.config import resolve_config_files, shipped_configs
 from recbole_fofa.data_check import DatasetFileError
 from recbole_fofa.registry import properties_dir
@@ -200,3 +202,50 @@ def test_forward_ofa_names_its_untrained_stage():
     assert "untrained structure controller and mapper" in ForwardOFATrainer.untrained_message(
         None, "adapt")
     assert "`supernet_epochs` = 0" in ForwardOFATrainer.untrained_message(None, "supernet")
+
+
+# ----------------------------------------------------------------------------- console
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_plain_run_keeps_dumps_and_warnings_in_the_log_file(planted, capsys, monkeypatch,
+                                                               verbose):
+    dataset, config = planted
+    checking = quick_start.check_split
+
+    def warning_check(*args):  # stands for the libraries' FutureWarnings (pytest hides those)
+        warnings.warn("a planted library warning", UserWarning, stacklevel=2)
+        return checking(*args)
+
+    monkeypatch.setattr(quick_start, "check_split", warning_check)
+    run_recbole_fofa("SASRec", dataset, config_dict=dict(config, epochs=1, state="INFO",
+                                                          verbose=verbose))
+    console, log = capsys.readouterr().err, latest_log_text()
+    dumps = ("General Hyper Parameters", "SASRec(", "a planted library warning",
+             "[Training]: train_batch_size", "The running environment", "test result")
+    for text in dumps:
+        assert text in log
+        assert (text in console) is verbose, text
+    assert "epoch 0 training" in console and "epoch 0 training" in log
+    checkpoint = next(Path(config["checkpoint_dir"]).glob("SASRec-*.pth"))
+    log_file = os.path.relpath(max(Path("log").rglob("*.log"), key=os.path.getmtime))
+    for text in (f"checkpoint: {checkpoint}", f"log file: {log_file}"):
+        assert text in console and text in log
+    assert len(console.splitlines()) < 25 or verbose  # epochs and paths, no dumps
+
+
+def test_verbose_is_a_checked_key_and_a_bare_flag():
+    assert cli.config_flags(["--verbose"]) == {"verbose": True}
+    with pytest.raises(SystemExit, match=r"`verbose` = 'yes' is invalid: expected true or "
+                                         r"false"):
+        cli.main(["--verbose=yes"])
+
+
+def test_an_explicit_dataset_is_told_apart_from_the_default():
+    parser = cli.build_parser()
+    default = parser.parse_known_args([])[0].dataset
+    assert default == "ml-100k" and isinstance(default, cli.DefaultDataset)
+    for argv in (["--dataset=ml-100k"], ["-d", "ml-100k"]):
+        given = parser.parse_known_args(argv)[0].dataset
+        assert given == "ml-100k" and not isinstance(given, cli.DefaultDataset)

@@ -104,14 +104,15 @@ def test_derived_key_lists_keep_their_values():
     assert experiment.STAGE2_KEYS == checks.STAGE2_KEYS == {
         "mapper_mode", "mapper_rank", "mapper_hidden", "controller", "extractor", "rt_len",
         "sparsity_weight", "sparsity_target", "keep_threshold", "tau_start", "tau_end",
-        "tau_anneal_epochs", "backbone_lr_scale", "device_budget", "epochs"}
+        "tau_anneal_epochs", "backbone_lr_scale", "device_budget", "epochs",
+        "gumbel_noise_end", "controller_init_keep", "adapt_distill_weight"}  # issue 19's
     from recbole_fofa.quick_start import RELOAD_OVERRIDABLE
 
     search = {key for key in MODEL_CHECKS["ForwardOFA"] if key.startswith("search_")}
     assert RELOAD_OVERRIDABLE == checks.RELOAD_OVERRIDABLE == search | {
         "width_choices", "head_choices", "compound_widths", "compound_heads", "eval_batch_size",
         "show_progress", "state", "checkpoint_dir", "metrics", "topk", "metric_decimal_place",
-        "valid_metric", "trust_checkpoint"}
+        "valid_metric", "trust_checkpoint", "verbose"}
     assert memory.REFERENCE == {
         "n_blocks": 6, "n_layers": 2, "supernet_subnets": 2, "hidden_size": 64,
         "inner_size": 256, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 2048,
@@ -287,6 +288,51 @@ def test_supernet_steps_that_would_crawl_are_refused(base):
         check_config(values, "ForwardOFA")
     check_config(dict(values, supernet_epochs=0, train_batch_size=8), "ForwardOFA")
     assert checks.supernet_block_passes(6, 2) == 13 and checks.supernet_block_passes(6, 0) == 6
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("search_population", 10**9, "an integer in [2, 10000]"),
+    ("search_parents", 10**9, "an integer in [1, 10000]"),
+    ("search_mutants", 10**9, "an integer in [0, 10000]"),
+    ("search_crossovers", 10**30, "an integer in [0, 10000]"),
+    ("search_generations", 10**9, "an integer in [1, 10000]"),
+    ("search_warm_generations", 10**9, "null or an integer in [0, 10000]"),
+    ("search_max_resample", 10**9, "an integer in [1, 1000]"),
+    ("search_predictor_samples", 10**9, "an integer in [10, 20000]"),
+    ("dist_timeout", 1e18, "a number in (0, 31536000]"),
+    ("dist_timeout", 10**10, "a number in (0, 31536000]"),
+])
+def test_search_sizes_and_dist_timeout_have_upper_bounds(base, key, value, allowed):
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as info:
+        check_config(dict(base["ForwardOFA"], **{key: value}), "ForwardOFA")
+    assert str(info.value) == (f"config key `{key}` = {value!r} is invalid: expected {allowed}")
+    assert time.perf_counter() - start < 0.5
+    bound = int(re.search(r"(\d+)[\])]$", allowed).group(1))
+    room = {"search_parents": {"search_population": bound},  # parents <= population
+            "search_generations": {"search_crossovers": 49},  # draws <= MAX_SEARCH_DRAWS
+            "search_warm_generations": {"search_crossovers": 49}}.get(key, {})
+    check_config(dict(base["ForwardOFA"], **room, **{key: bound}), "ForwardOFA")  # the bound
+
+
+def test_search_draws_per_budget_are_bounded(base):
+    ofa = dict(base["ForwardOFA"], search_population=100, search_mutants=50,
+               search_crossovers=50, search_generations=500)  # OFA's own search
+    check_config(ofa, "ForwardOFA")
+    big = dict(ofa, search_generations=10_000)
+    with pytest.raises(ValueError) as info:
+        check_config(big, "ForwardOFA")
+    message = str(info.value)
+    assert "`search_generations` = 10000" in message and "1,000,100 sub-networks" in message
+    assert "at most 1,000,000" in message and "`search_generations` <= 9,999" in message
+    check_config(dict(big, search_generations=9_999), "ForwardOFA")
+    with pytest.raises(ValueError, match=r"`search_warm_generations` = 10000 .* <= 9,999"):
+        check_config(dict(ofa, search_warm_generations=10_000), "ForwardOFA")
+    from recbole_fofa.search import SearchSettings  # the settings refuse it too
+
+    with pytest.raises(ValueError, match="at most 1,000,000"):
+        SearchSettings(generations=10_000)
+    assert 100 + 500 * 100 < checks.MAX_SEARCH_DRAWS
 
 
 def test_memory_message_names_estimate_and_limit(base):

@@ -1,12 +1,14 @@
 """Atomic-file checks, load_col completion and split prediction (recbole_fofa/data_check.py)."""
 
+import csv
 import logging
 
+import pandas as pd
 import pytest
 from conftest import write_atomic_files
 from recbole.data import create_dataset
 
-from recbole_fofa import Config, run_recbole_fofa
+from recbole_fofa import Config, data_check, run_recbole_fofa
 from recbole_fofa.data_check import DatasetFileError, check_split, predict_split
 from recbole_fofa.quick_start import prepare
 
@@ -123,6 +125,74 @@ def test_byte_order_mark_names_the_encoding_key(tmp_path):
     with pytest.raises(DatasetFileError, match=r"byte-order mark; set `encoding: utf-8-sig`"):
         config_for(tmp_path)
     config_for(tmp_path, encoding="utf-8-sig")
+
+
+def test_a_field_declared_twice_names_the_file_and_field(tmp_path):
+    header = ["user_id:token", "item_id:token", "timestamp:float", "user_id:float"]
+    write_atomic_files(tmp_path, "mine", {"inter": (header, [("u1", "i1", 1, 2)])})
+    with pytest.raises(DatasetFileError) as error:
+        config_for(tmp_path)
+    assert (f"{tmp_path / 'mine' / 'mine.inter'}, line 1 (header): field `user_id` is declared "
+            "twice (columns 1 and 4)") in str(error.value)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 7])  # 7: the bad bytes straddle read chunks
+def test_non_utf8_bytes_name_the_file_line_offset_and_encoding_key(tmp_path, monkeypatch,
+                                                                   chunk):
+    monkeypatch.setattr(data_check, "CHUNK_BYTES", chunk)
+    head = ("\t".join(INTER) + "\nu1\ti1\t1\nu1\ti2\t2\n").encode()
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "mine.inter").write_bytes(head + "u2\tcaf\u00e9\t3\n".encode("latin-1"))
+    with pytest.raises(DatasetFileError) as error:
+        config_for(tmp_path)
+    message = str(error.value)
+    offset = len(head) + len("u2\tcaf")
+    assert f"mine.inter, line 4 (byte offset {offset}): b'\\xe9' is not utf-8 text" in message
+    assert "config key `encoding` = None" in message and "`encoding: latin-1`" in message
+    # the same bytes in the first line (the header) and after a multi-byte character
+    (folder / "mine.inter").write_bytes("user_\u00e9:token".encode("latin-1") + head[7:])
+    with pytest.raises(DatasetFileError, match=r"line 1 \(byte offset 5\): b'\\xe9'"):
+        config_for(tmp_path)
+    (folder / "mine.inter").write_bytes(head + "u2\t\u00e9\u00e9\t3\n".encode() + b"\xff\n")
+    with pytest.raises(DatasetFileError, match=rf"line 5 \(byte offset {len(head) + 10}\)"):
+        config_for(tmp_path)
+    # with the file's encoding named, it loads
+    (folder / "mine.inter").write_bytes(head + "u2\tcaf\u00e9\t3\n".encode("latin-1"))
+    assert config_for(tmp_path, encoding="latin-1")["encoding"] == "latin-1"
+    with pytest.raises(DatasetFileError, match=r"`encoding` = 'utf-9' is not an encoding"):
+        config_for(tmp_path, encoding="utf-9")
+
+
+def test_a_field_over_the_reader_limit_names_the_file_and_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_check, "CHUNK_BYTES", 1 << 16)  # the long line spans chunks
+    long = "x" * (csv.field_size_limit() + 1)
+    write_atomic_files(tmp_path, "mine", {"inter": (INTER, [("u1", "i1", 1), ("u1", long, 2)])})
+    with pytest.raises(DatasetFileError) as error:
+        config_for(tmp_path)
+    message = str(error.value)
+    assert "mine.inter, line 3, column 2 ('item_id:token'): a value of 131,073 characters" in (
+        message)
+    assert "csv.field_size_limit()" in message
+    # the limit is RecBole's reader's: pandas' python engine refuses that file
+    with pytest.raises(pd.errors.ParserError, match="field larger than field limit"):
+        pd.read_csv(tmp_path / "mine" / "mine.inter", sep="\t", engine="python", dtype=str)
+    # at the limit it loads, and a multi-character separator has no such limit
+    at_limit = [("u1", "i1", 1), ("u1", long[:-1], 2)]
+    write_atomic_files(tmp_path, "mine", {"inter": (INTER, at_limit)})
+    config_for(tmp_path)
+
+
+def test_an_empty_file_that_load_col_never_reads_is_not_refused(tmp_path):
+    write_atomic_files(tmp_path, "mine", {"inter": (INTER, rows(6, 5)), "item": ""})
+    load_col = {"inter": ["user_id", "item_id", "timestamp"]}
+    config = config_for(tmp_path, load_col=load_col, state="ERROR")
+    dataset = create_dataset(config)  # RecBole never opens it either
+    assert dataset.item_feat is None and len(dataset.inter_feat) == 30
+    config_for(tmp_path)  # SASRec's default load_col reads the interactions only
+    for read in ({"load_col": dict(load_col, item=["item_id"])}, {"load_col": None}):
+        with pytest.raises(DatasetFileError, match=r"mine\.item is empty"):
+            config_for(tmp_path, **read)  # a file RecBole reads is still checked
 
 
 def test_knowledge_model_without_kg_file(tmp_path):

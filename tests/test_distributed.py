@@ -8,9 +8,13 @@ same optimizer steps up to floating-point summation order, and :data:`METRIC_TOL
 documented agreement of their metrics.
 """
 
+import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -442,3 +446,115 @@ def test_a_one_process_run_is_untouched(planted):
     log = latest_log_text()
     assert "`dist_backend` = 'gloo' is not used" in log
     assert "--world_size=1 for one DDP process" in log
+
+
+# ----------------------------------------------------------------------------- stopping a run
+
+#: The parent of two gloo workers that wait on each other forever (until stopped).
+FOREVER = '''
+import os, sys, time
+from recbole_fofa import distributed
+
+def forever(folder):
+    path = os.path.join(folder, f"{distributed.get_rank()}.pid")
+    with open(path + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    while True:
+        distributed.barrier()
+        time.sleep(0.1)
+
+if __name__ == "__main__":
+    distributed.spawn(forever, 2, (sys.argv[1],), backend="gloo", timeout=60)
+'''
+
+
+def running(pid):
+    """Whether process ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for(condition, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def start_parent(tmp_path, script, *args):
+    (tmp_path / "parent.py").write_text(script)
+    command = [sys.executable, str(tmp_path / "parent.py"), str(tmp_path), *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, codes", [(signal.SIGINT, {-signal.SIGINT, 1, 130}),
+                                           (signal.SIGTERM, {128 + signal.SIGTERM})])
+def test_a_signal_to_the_parent_stops_every_worker(tmp_path, signum, codes):
+    parent = start_parent(tmp_path, FOREVER)
+    try:
+        pid_files = [tmp_path / f"{rank}.pid" for rank in (0, 1)]
+        assert wait_for(lambda: all(p.exists() for p in pid_files), 120), parent.communicate()
+        workers = [int(p.read_text()) for p in pid_files]
+        assert all(running(pid) for pid in workers)
+        parent.send_signal(signum)
+        _, err = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode in codes, err
+    assert f"{signal.Signals(signum).name}: stopped 2 of the 2 worker processes" in err
+    assert wait_for(lambda: not any(running(pid) for pid in workers), 10)
+
+
+#: The parent of a two-process DDP training run (config as JSON in argv[2], port in argv[3])
+#: that would go on for a thousand epochs.
+TRAINING = '''
+import json, sys
+from recbole_fofa.quick_start import run
+
+if __name__ == "__main__":
+    result = run("SASRec", "planted", config_dict=json.loads(sys.argv[2]), nproc=2,
+                 port=sys.argv[3])
+    print("finished", result)
+'''
+
+
+def spawned_children(pid):
+    """Pids of the processes ``multiprocessing`` spawned from ``pid`` (not its tracker)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in command:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_stops_ddp_training(tmp_path):
+    config = dict(deterministic_config(tmp_path), epochs=1000, stopping_step=1000)
+    parent = start_parent(tmp_path, TRAINING, json.dumps(config), str(distributed.free_port()))
+    try:
+        assert wait_for(lambda: len(spawned_children(parent.pid)) == 2, 120)
+        workers = spawned_children(parent.pid)
+        time.sleep(15)  # into the training
+        assert parent.poll() is None and all(running(pid) for pid in workers)
+        parent.terminate()
+        out, err = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: stopped 2 of the 2 worker processes" in err and "finished" not in out
+    assert wait_for(lambda: not any(running(pid) for pid in workers), 10)

@@ -102,8 +102,10 @@ def test_plugin_yaml_layers_under_user_settings(planted):
     defaults = Config(model="SASRec", dataset=dataset,
                       config_dict={"data_path": config["data_path"]})
     # only the distributed-run keys, which a one-process run never reads, the declared keys of
-    # the user's own model (null) and the checkpoint-loading opt-in (false)
-    assert set(plugin) == {"dist_backend", "dist_timeout", "extra_keys", "trust_checkpoint"}
+    # the user's own model (null), the checkpoint-loading opt-in (false) and the console's
+    # dumps (false: in the log file only)
+    assert set(plugin) == {"dist_backend", "dist_timeout", "extra_keys", "trust_checkpoint",
+                           "verbose"}
     assert defaults["valid_metric"] == "MRR@10"  # RecBole's default stays
     overridden = Config(model="SASRec", dataset=dataset, config_dict=config)
     assert overridden["valid_metric"] == "NDCG@10" and overridden["metrics"] == ["NDCG", "Hit"]

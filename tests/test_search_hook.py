@@ -13,7 +13,12 @@ from conftest import planted_config
 from recbole_fofa import Config, cli, run_recbole_fofa
 from recbole_fofa.checks import MODEL_CHECKS, SEARCH_SPACES, SEARCH_STRATEGIES, search_cost_bounds
 from recbole_fofa.cli import config_flags
-from recbole_fofa.quick_start import RELOAD_OVERRIDABLE, load_data_and_model, prepare
+from recbole_fofa.quick_start import (
+    RELOAD_OVERRIDABLE,
+    apply_overrides,
+    load_data_and_model,
+    prepare,
+)
 from recbole_fofa.subnet import SubnetConfig, SupernetShape
 from recbole_fofa.utils import get_trainer
 
@@ -122,6 +127,18 @@ def test_cli_config_flags_read_like_recbole():
         config_flags(["budgets"])
 
 
+def test_reload_overrides_may_repeat_saved_values_but_not_change_the_dataset(planted):
+    dataset, config = forward_ofa(planted)
+    saved = Config(model="ForwardOFA", dataset=dataset, config_dict=config)
+    apply_overrides(saved, {"dataset": "planted", "hidden_size": saved["hidden_size"]})
+    with pytest.raises(ValueError, match=re.escape(
+            "config key `dataset` = 'ml-100k' is not the dataset the checkpoint was trained on, "
+            "'planted'")):
+        apply_overrides(saved, {"dataset": "ml-100k"})
+    with pytest.raises(ValueError, match=re.escape("['hidden_size'] cannot change")):
+        apply_overrides(saved, {"hidden_size": saved["hidden_size"] * 2})
+
+
 # ----------------------------------------------------------------------------- the hook
 
 
@@ -218,7 +235,8 @@ def test_cli_searches_a_checkpoint(searched, tmp_path):
     _, config, data, checkpoint = searched
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "recbole_fofa", "--search", f"--checkpoint={checkpoint}",
-               "--search_budgets=[0.5, 1.0]", f"--checkpoint_dir={out}", "--state=INFO"]
+               "--search_budgets=[0.5, 1.0]", f"--checkpoint_dir={out}", "--state=INFO",
+               "--dataset=planted"]  # the checkpoint's own dataset may be named
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -233,6 +251,9 @@ def test_cli_searches_a_checkpoint(searched, tmp_path):
         cli.main(command[3:5] + ["--hidden_size=8"])
     with pytest.raises(SystemExit, match="--search needs --checkpoint"):
         cli.main(["--search"])
+    with pytest.raises(SystemExit, match=re.escape(
+            "`dataset` = 'ml-100k' is not the dataset the checkpoint was trained on, 'planted'")):
+        cli.main(command[3:5] + ["--dataset=ml-100k"])
 
 
 @pytest.mark.slow

@@ -248,7 +248,9 @@ def _short(label):
 def _plot(base, keep_std, rows, n_blocks, path, dataset):
     fig, (keep_ax, users_ax, share_ax) = plots.figure(
         3, width=4.6, height=3.6, title=f"ForwardOFA on {dataset}: block selection "
-        f"({base['setting']})")
+        f"({base['setting']}): the top structure {base['top_structure']} covers "
+        f"{base['top_share']:.1%} of test users, {base['mean_blocks']:.2f} of {n_blocks} blocks "
+        "kept on average")
     plots.bars(keep_ax, [f"b{b + 1}" for b in range(n_blocks)],
                [base[f"keep_b{b + 1}"] for b in range(n_blocks)], xlabel="block",
                ylabel="fraction of test users keeping it",
@@ -264,15 +266,37 @@ def _plot(base, keep_std, rows, n_blocks, path, dataset):
     plots.bars(share_ax, labels, [row["top_share"] for row in rows], xlabel="setting",
                ylabel="top-structure share (bars)",
                errors=error_bars(row["top_share_std"] for row in rows))
-    share_ax.axhline(DOMINANT_SHARE, color="k", linestyle=":", linewidth=1)
-    share_ax.set_ylim(0, 1.05)
+    share_ax.patches[0].set_label("top-structure share")
+    share_ax.axhline(DOMINANT_SHARE, color="k", linestyle=":", linewidth=1,
+                     label=f"dominant at {DOMINANT_SHARE:g}")
+    share_ax.set_ylim(0, 1.4)  # room for the legend above the bars
+    share_ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     share_ax.tick_params(axis="x", rotation=35)
     entropy_ax = share_ax.twinx()
-    entropy_ax.plot(range(len(rows)), [row["entropy"] for row in rows], "o-", color="C1")
-    entropy_ax.set_ylabel("entropy of structures, bits (line)", color="C1")
-    entropy_ax.set_ylim(0, max(1.0, max(row["entropy"] for row in rows) * 1.15))
+    for start, stop in _series(rows):  # a line only through one key's values
+        entropy_ax.plot(range(start, stop), [row["entropy"] for row in rows[start:stop]],
+                        "o-" if stop - start > 1 else "o", color="C1",
+                        label="entropy, bits (right axis)" if start == 0 else None)
+    entropy_ax.set_ylabel("entropy of structures, bits (dots)", color="C1")
+    entropy_ax.set_ylim(0, max(1.0, max(row["entropy"] for row in rows)) * 1.4)
+    handles, names = share_ax.get_legend_handles_labels()
+    more, more_names = entropy_ax.get_legend_handles_labels()
+    share_ax.legend(handles + more, names + more_names, fontsize=7, loc="upper center",
+                    ncol=2)
     share_ax.set_title("(c) structure diversity per setting", fontsize=9)
     return plots.save(fig, path)
+
+
+def _series(rows):
+    """``(start, stop)`` of the runs of consecutive settings of one key (``key=value``): the
+    values of one key form a series; settings of different keys are unrelated."""
+    keys = [row["setting"].split("=")[0] for row in rows]
+    runs, start = [], 0
+    for index in range(1, len(keys) + 1):
+        if index == len(keys) or keys[index] != keys[start]:
+            runs.append((start, index))
+            start = index
+    return runs
 
 
 def _describe(row):

@@ -17,7 +17,9 @@ the way), so the byte counts are the sizes of tensors that were really handed ov
    kept blocks with the user's generated parameters merged, the position embeddings and the input
    LayerNorm (no item table), plus the structure mask;
 4. the device builds the :class:`~recbole_fofa.search.extract.SubnetModel` from those tensors,
-   encodes its history and re-ranks the cached candidates.
+   encodes its history and re-ranks the cached candidates: in onnxruntime when the ``device``
+   extra is installed (:class:`OnnxDevice`: the structure's session graph, exported once, with
+   the received folded weights as its inputs), else in PyTorch; ``run_protocol`` says which.
 
 The baseline downloads the full network (``full_model``: every block, the backbone's weights, no
 mapper) and takes ``k`` Adam steps of next-item loss on its own history before re-ranking.
@@ -43,6 +45,9 @@ from tqdm import tqdm
 from recbole_fofa import cost
 from recbole_fofa.analysis import AnalysisResult
 from recbole_fofa.analysis.protocol_report import METHODS, TOPK, report
+from recbole_fofa.device import runtime as device_runtime
+from recbole_fofa.device.export import user_input_names
+from recbole_fofa.device.session import DeviceRuntime, GraphStore
 from recbole_fofa.experiment import train
 from recbole_fofa.model import Stage
 from recbole_fofa.search.extract import SubnetModel, merge_generated, subnet_state
@@ -53,6 +58,8 @@ __all__ = [
     "Channel",
     "LiveTensorBytes",
     "DeviceArch",
+    "OnnxDevice",
+    "RUNTIMES",
     "Cloud",
     "Device",
     "Adaptation",
@@ -64,6 +71,8 @@ __all__ = [
 ]
 
 DIRECTIONS = ("down", "up")
+#: where the device runs Forward-OFA's sub-model (``run_protocol(runtime=...)``)
+RUNTIMES = ("onnxruntime", "torch")
 MEMORY_METHOD = ("resident received tensors + peak live tensor bytes of the device's forward "
                  "(and, for fine-tuning, its training steps), tracked with a TorchDispatchMode")
 
@@ -224,6 +233,29 @@ class Adaptation:
     forward_seconds: float
 
 
+class OnnxDevice:
+    """Forward-OFA's device in onnxruntime: each structure's session graph
+    (:func:`~recbole_fofa.device.export.session_graph`, ``folded``: the user's feed-forward
+    weights are inputs; ``baked`` in the supernet stage) exported once by the cloud's
+    :class:`~recbole_fofa.device.session.GraphStore` and loaded once in a
+    :class:`~recbole_fofa.device.session.DeviceRuntime` on one thread: a device downloads a
+    structure's graph once and caches it."""
+
+    def __init__(self, model, threads: int = 1):
+        self.store = GraphStore(model)
+        self.runtime = DeviceRuntime(threads)
+
+    def scores(self, cfg: SubnetConfig, state, item_seq, item_seq_len, table, candidates):
+        """Scores [B, C] of sub-network ``cfg`` with the received ``state`` (its user tensors
+        feed the graph), history rows ``item_seq`` of ``table``, candidate embeddings."""
+        variant = "baked" if self.store.model.stage is Stage.SUPERNET else "folded"
+        key = f"{cfg.key}/{variant}"
+        if not self.runtime.has(key):
+            self.runtime.install(key, self.store.graph(cfg, variant))
+        user = {name: state[name] for name in user_input_names(cfg.n_kept, variant)}
+        return self.runtime.scores(key, item_seq, item_seq_len, table, candidates, user)
+
+
 class Cloud:
     """The cloud: holds the trained ForwardOFA and answers a device's messages.
 
@@ -325,6 +357,8 @@ class Device:
         self.model: SubnetModel | None = None
         self.scores: torch.Tensor | None = None  # in the received candidates' order
         self.infer_seconds = 0.0
+        #: where :meth:`rank` runs the sub-model: an :class:`OnnxDevice`, or None (PyTorch)
+        self.onnx: OnnxDevice | None = None
 
     # ------------------------------------------------------------------ messages
     def receive(self, message: Message) -> None:
@@ -388,12 +422,19 @@ class Device:
         """(history as cache rows [1, T], length [1])."""
         return self._rows(self.item_seq)[None], torch.tensor([self.item_seq_len])
 
-    def rank(self) -> torch.Tensor:
-        """Encode the history, score the cached candidates, return their ids best first."""
+    def rank(self, runtime: bool = True) -> torch.Tensor:
+        """Encode the history, score the cached candidates, return their ids best first: in
+        :attr:`onnx` when set (and ``runtime``), else in PyTorch."""
         seq, length = self.local_inputs()
         start = time.perf_counter()
         with torch.no_grad():
-            self.scores = self.model.scores(seq, length, self._rows(self.candidate_ids))[0]
+            if self.onnx is not None and runtime:
+                table = self.model.item_embedding.weight
+                candidates = table[self._rows(self.candidate_ids)]
+                self.scores = torch.from_numpy(self.onnx.scores(
+                    self.model.subnet, self.state, seq, length, table, candidates)[0])
+            else:
+                self.scores = self.model.scores(seq, length, self._rows(self.candidate_ids))[0]
             order = torch.argsort(self.scores, descending=True, stable=True)
         self.infer_seconds = time.perf_counter() - start
         return self.candidate_ids[order]
@@ -489,8 +530,11 @@ def _device_pass(device, work):
 
 def simulate_session(cloud: Cloud, item_seq, item_seq_len, target: int,
                      candidate_ids: torch.Tensor, finetune_steps: int = 5,
-                     finetune_lr: float = 1e-3, methods: Sequence[str] = METHODS):
-    """One session for each method in ``methods``: ``{method: (SessionRecord, Device)}``."""
+                     finetune_lr: float = 1e-3, methods: Sequence[str] = METHODS,
+                     onnx: OnnxDevice | None = None):
+    """One session for each method in ``methods``: ``{method: (SessionRecord, Device)}``.
+    ``onnx``: Forward-OFA's device ranks in onnxruntime (its memory is still PyTorch's
+    tracker's); fine-tuning trains and ranks in PyTorch."""
     model, arch = cloud.model, cloud.arch
     d, n_cand = arch.hidden_size, int(candidate_ids.numel())
     scoring = int(cost.scoring_macs(n_cand, d))
@@ -510,7 +554,8 @@ def simulate_session(cloud: Cloud, item_seq, item_seq_len, target: int,
             adapt_seconds, forward_seconds = adaptation.seconds, adaptation.forward_seconds
             device.receive(channel.send(submodel))
             device.build()
-            _, peak = _device_pass(device, device.rank)
+            _, peak = _device_pass(device, lambda device=device: device.rank(runtime=False))
+            device.onnx = onnx
             ranked = device.rank()  # timed without the memory tracker's overhead
             breakdown = model.shape.cost(cfg)
             device_macs = int(breakdown.encoder_macs[0]) + scoring
@@ -597,7 +642,8 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _simulate(trained, seed, n_candidates, sessions, finetune_steps, finetune_lr, progress):
+def _simulate(trained, seed, n_candidates, sessions, finetune_steps, finetune_lr, progress,
+              runtime="torch"):
     model = trained.model
     if type(model).__name__ != "ForwardOFA":
         raise ValueError(f"run_protocol simulates ForwardOFA; trained.model is a "
@@ -607,6 +653,7 @@ def _simulate(trained, seed, n_candidates, sessions, finetune_steps, finetune_lr
         raise ValueError(f"n_candidates = {n_candidates}: use an integer >= 2 and <= the number "
                          f"of items - 1 = {n_items - 1}")
     cloud = Cloud(model)
+    onnx = OnnxDevice(model) if runtime == "onnxruntime" else None
     seqs, lengths, targets = _test_users(trained.test_data)
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(len(seqs), size=min(sessions, len(seqs)), replace=False))
@@ -618,16 +665,39 @@ def _simulate(trained, seed, n_candidates, sessions, finetune_steps, finetune_lr
         for user in bar:
             candidates = sample_candidates(rng, n_items, int(targets[user]), n_candidates)
             out = simulate_session(cloud, seqs[user], lengths[user], int(targets[user]),
-                                   candidates, finetune_steps, finetune_lr)
+                                   candidates, finetune_steps, finetune_lr, onnx=onnx)
             for method, (record, _) in out.items():
                 record.messages = []  # keep the numbers, not every session's tensors
                 records[method].append(record)
     return records
 
 
+def resolve_runtime(runtime=None) -> str:
+    """``runtime`` (one of :data:`RUNTIMES`, or None: onnxruntime when the ``device`` extra is
+    installed, else torch); asking for onnxruntime without the extra is an ImportError naming
+    it."""
+    if runtime is None:
+        return "onnxruntime" if device_runtime.available() else "torch"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime = {runtime!r}: use one of {RUNTIMES} or None")
+    if runtime == "onnxruntime":
+        device_runtime.require("onnx", "onnxscript", "onnxruntime")
+    return runtime
+
+
+def _runtime_setting(runtime) -> str:
+    if runtime == "torch":
+        return ("PyTorch (the `device` extra is not installed: pip install "
+                "'recbole-fofa[device]' runs Forward-OFA's device in onnxruntime)")
+    version = device_runtime.runtime_versions().get("onnxruntime")
+    return (f"onnxruntime {version} for Forward-OFA's device: its structure's session graph "
+            "(exported once, cached), the received folded weights as inputs, one thread; "
+            "fine-tuning trains and ranks in PyTorch; device memory is PyTorch's tracker's")
+
+
 def run_protocol(dataset, config_file_list=None, config_dict=None, output_dir="fofa-output",
                  seeds=None, progress=True, n_candidates=100, sessions=200, finetune_steps=5,
-                 finetune_lr=1e-3, trained=None) -> AnalysisResult:
+                 finetune_lr=1e-3, trained=None, runtime=None) -> AnalysisResult:
     """Simulate the cloud-device protocol for ``sessions`` test users (seeded subsample) and
     write ``protocol.md``, ``protocol.csv`` and ``protocol.png`` under ``output_dir``.
 
@@ -635,8 +705,10 @@ def run_protocol(dataset, config_file_list=None, config_dict=None, output_dir="f
     (default: the config's ``seed``), unless ``trained`` (a :class:`~recbole_fofa.experiment.
     Trained` ForwardOFA) is given, in which case ``seeds`` holds at most one seed, used for
     sampling users and candidates. Rows: Forward-OFA and fine-tuning, means over all sessions.
+    ``runtime``: where Forward-OFA's device runs (:func:`resolve_runtime`; the report says).
     """
     seeds = _check_options(n_candidates, sessions, finetune_steps, finetune_lr, seeds)
+    runtime = resolve_runtime(runtime)
     if trained is not None and seeds is not None and len(seeds) > 1:
         raise ValueError(f"seeds = {seeds}: use at most one seed with trained= (the model is "
                          "given; the seed draws the sessions and candidates)")
@@ -656,7 +728,7 @@ def run_protocol(dataset, config_file_list=None, config_dict=None, output_dir="f
         seed = int(run_trained.config["seed"]) if seed is None else int(seed)
         used_seeds.append(seed)
         per_seed = _simulate(run_trained, seed, n_candidates, sessions, finetune_steps,
-                             finetune_lr, progress)
+                             finetune_lr, progress, runtime)
         for method in METHODS:
             records[method].extend(per_seed[method])
         model = run_trained.model
@@ -671,6 +743,7 @@ def run_protocol(dataset, config_file_list=None, config_dict=None, output_dir="f
         "supernet": f"{shape.n_blocks} blocks, d={shape.hidden_size}, d_ff="
                     f"{shape.inner_size}, {shape.n_heads} heads, L={shape.seq_len}, "
                     f"rt_len={model.rt_len}",
+        "device runtime": _runtime_setting(runtime),
         "device memory": MEMORY_METHOD,
         "adaptation time": "Forward-OFA: wall time of the cloud's forward pass (controller, "
                            "mapper, slicing and merging the weights; no module is built); "

@@ -16,7 +16,7 @@ import numpy as np
 from recbole_fofa import plots
 from recbole_fofa.analysis import AnalysisResult
 
-__all__ = ["METHODS", "TOPK", "COLUMNS", "report"]
+__all__ = ["METHODS", "TOPK", "COLUMNS", "human_bytes", "report"]
 
 METHODS = ("Forward-OFA", "fine-tuning")
 TOPK = 10
@@ -125,17 +125,53 @@ def _log_floor(values):
     return min(positive) / 2 if positive else 1.0
 
 
+def human_bytes(value):
+    """``123652`` -> ``"124 KB"``, ``5094650`` -> ``"5.1 MB"`` (decimal units)."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if value >= scale:
+            return f"{value / scale:.2g} {unit}" if value < 10 * scale else (
+                f"{value / scale:.0f} {unit}")
+    return f"{value:.0f} B"
+
+
+def _headline(rows):
+    """The figure's title: the adaptation-time ratio against the 1% target, and the device
+    memory contrast."""
+    fofa, ft = rows
+    ratio = fofa["adaptation_ratio"]
+    parts = ["Cloud-device protocol: Forward-OFA vs on-device fine-tuning"]
+    if ratio is not None:
+        parts.append(f"adaptation {100 * ratio:.2f}% of fine-tuning's time (target <= 1%: "
+                     f"{'met' if ratio <= 0.01 else 'missed'})")
+    memory = (fofa["device_peak_bytes"], ft["device_peak_bytes"])
+    if min(memory) > 0:
+        parts.append(f"device memory {human_bytes(memory[0])} vs {human_bytes(memory[1])} "
+                     f"({_factor(*memory)})")
+    return "\n".join([parts[0], "; ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+
+def _factor(fofa, ft):
+    return f"{ft / fofa:.0f}x less" if ft >= fofa else f"{fofa / ft:.0f}x more"
+
+
 def _plot(rows, path):
     labels = [row["method"] for row in rows]
     positions = np.arange(len(rows))
-    fig, axes = plots.figure(3, width=4.5, height=3.8,
-                             title="Cloud-device protocol: Forward-OFA vs on-device fine-tuning")
+    fig, axes = plots.figure(4, width=4.2, height=4.0, title=_headline(rows))
     times = [row["adaptation_ms"] for row in rows]
     bars = axes[0].bar(positions, [t if t > 0 else np.nan for t in times], width=0.6)
     _label_bars(axes[0], bars, times, lambda v: f"{v:.3g} ms", _log_floor(times))
     axes[0].set_yscale("log")
-    axes[0].set_ylim(_log_floor(times) / 2, 2 * max(max(times), 1e-9))
+    axes[0].set_ylim(_log_floor(times) / 2, 30 * max(max(times), 1e-9))
     axes[0].set_ylabel("adaptation ms per session (log)")
+    ratio = rows[0]["adaptation_ratio"]
+    if ratio is not None and times[1] > 0:
+        axes[0].axhline(0.01 * times[1], color="C3", linestyle="--", linewidth=1,
+                        label=f"1% of fine-tuning = {0.01 * times[1]:.3g} ms (target)")
+        axes[0].text(0.03, 0.97, f"Forward-OFA: {100 * ratio:.2f}% of fine-tuning",
+                     transform=axes[0].transAxes, va="top", fontsize=8,
+                     color="C3" if ratio > 0.01 else "C2")
+        axes[0].legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.88))
     for offset, metric in ((-0.2, "NDCG@10"), (0.2, "Hit@10")):
         values = [row[metric] for row in rows]
         bars = axes[1].bar(positions + offset, values, width=0.4, label=metric)
@@ -148,16 +184,26 @@ def _plot(rows, path):
         values = [row[f"bytes_{direction}"] for row in rows]
         bars = axes[2].bar(positions + offset, [v if v > 0 else np.nan for v in values],
                            width=0.4, label=f"bytes {direction}")
-        _label_bars(axes[2], bars, values, lambda v: f"{v:,.0f}", floor)
+        _label_bars(axes[2], bars, values, human_bytes, floor)
     axes[2].set_yscale("log")
-    axes[2].set_ylim(floor / 2, 3 * max(max(sizes), 1))
+    axes[2].set_ylim(floor / 2, 10 * max(max(sizes), 1))
     axes[2].set_ylabel("bytes per session (log)")
+    memory = [row["device_peak_bytes"] for row in rows]
+    bars = axes[3].bar(positions, [m if m > 0 else np.nan for m in memory], width=0.6,
+                       color="C4")
+    _label_bars(axes[3], bars, memory, human_bytes, _log_floor(memory))
+    axes[3].set_yscale("log")
+    axes[3].set_ylim(_log_floor(memory) / 2, 30 * max(max(memory), 1))
+    axes[3].set_ylabel("device peak memory per session (log)")
+    if min(memory) > 0:
+        axes[3].text(0.03, 0.97, f"Forward-OFA: {_factor(*memory)}",
+                     transform=axes[3].transAxes, va="top", fontsize=8)
     for ax in axes:
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_xticks(positions)
         ax.set_xticklabels(labels, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    for ax in axes[1:]:
+    for ax in axes[1:3]:
         ax.legend(fontsize=7)
     return plots.save(fig, path)
 
@@ -171,7 +217,9 @@ def report(records, finetune_steps, settings, output_dir) -> AnalysisResult:
         name="protocol",
         rows=rows,
         columns=COLUMNS,
-        findings=_findings(rows, records, finetune_steps),
+        findings=_findings(rows, records, finetune_steps)
+        + ([f"Device runtime: {settings['device runtime']}."]
+           if "device runtime" in settings else []),
         settings=settings,
     )
     output_dir = Path(output_dir)

@@ -222,12 +222,26 @@ def merge_generated(state: Dict[str, torch.Tensor], model, cfg: SubnetConfig,
         if user is None:
             continue
         prefix = f"blocks.{position}."
-        u1, v1, u2, v2 = slice_factors(model.mapper.factors(index), cfg.widths[index])
-        merged[prefix + "dense_1.weight"] = state[prefix + "dense_1.weight"] + u1 @ user.g1[0] @ v1
-        merged[prefix + "dense_2.weight"] = state[prefix + "dense_2.weight"] + u2 @ user.g2[0] @ v2
-        merged[prefix + "ffn_norm.weight"] = state[prefix + "ffn_norm.weight"] + user.ln_scale[0]
-        merged[prefix + "ffn_norm.bias"] = state[prefix + "ffn_norm.bias"] + user.ln_shift[0]
+        names = [prefix + name for name in FOLDED]
+        folded = fold_block(*(state[name] for name in names),
+                            slice_factors(model.mapper.factors(index), cfg.widths[index]),
+                            user.g1[0], user.g2[0], user.ln_scale[0], user.ln_shift[0])
+        merged.update(zip(names, folded))
     return merged
+
+
+#: The tensors of an extracted block that a user's generated parameters change (in this order).
+FOLDED = ("dense_1.weight", "dense_2.weight", "ffn_norm.weight", "ffn_norm.bias")
+
+
+def fold_block(dense_1, dense_2, ln_weight, ln_bias, factors, g1, g2, ln_scale, ln_shift):
+    """One block's :data:`FOLDED` tensors with a user's generated parameters folded in: the
+    low-rank deltas ``u1 g1 v1`` and ``u2 g2 v2`` (``factors`` = (u1, v1, u2, v2) at the block's
+    width) and the LayerNorm scale and shift added. The one formula of the fold: cores [r, r]
+    give one user's tensors, cores [B, r, r] (and shifts [B, d]) a batch of users'."""
+    u1, v1, u2, v2 = factors
+    return (dense_1 + u1 @ g1 @ v1, dense_2 + u2 @ g2 @ v2, ln_weight + ln_scale,
+            ln_bias + ln_shift)
 
 
 @torch.no_grad()
