@@ -24,7 +24,7 @@ from recbole_fofa.utils import get_model, get_trainer  # noqa: E402
 
 register_metrics()
 
-__version__ = "0.1.0"
+from recbole_fofa.version import __version__  # noqa: E402,F401 (the package's version)
 
 __all__ = [
     "Config",

@@ -30,6 +30,7 @@ from recbole_fofa.benchmark import tuning
 from recbole_fofa.benchmark.report import BenchmarkReport
 from recbole_fofa.config import Config
 from recbole_fofa.model import Stage
+from recbole_fofa.version import __version__
 
 __all__ = ["Variant", "default_variants", "resolve_variants", "run_benchmark", "RUN_METRICS",
            "SEARCH_BUDGETS"]
@@ -203,11 +204,12 @@ def data_files_key(folder, dataset) -> str:
 
 
 def settings_key(*parts, config_file_list=None) -> str:
-    """A short hash of what defines a run (or a shared supernet): ``parts`` and the *contents*
-    of the config files, so that an edited file or flag is not mistaken for a finished run."""
+    """A short hash of what defines a run (or a shared supernet): ``parts``, the *contents* of
+    the config files and the plugin's version, so that an edited file or flag, or other code, is
+    not mistaken for a finished run."""
     files = [Path(f).read_text() if Path(f).is_file() else str(f)
              for f in (config_file_list or [])]
-    text = json.dumps([parts, files], default=str, sort_keys=True)
+    text = json.dumps([parts, files, __version__], default=str, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
