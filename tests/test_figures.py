@@ -157,3 +157,25 @@ def test_protocol_shows_the_target_the_ratio_and_the_strongest_contrast(tmp_path
     boxes = [t.get_window_extent() for ax in fig.axes for t in ax.texts]
     for a, b in itertools.combinations(boxes, 2):
         assert _area(a, b) == 0
+
+
+def test_sparsity_and_conflict_figures_show_their_headline_numbers(kept, tmp_path):
+    from recbole_fofa.analysis import conflict, sparsity
+
+    rows = []
+    for weight, ndcg, macs in ((0.0, 0.0531, 9.1e5), (1.0, 0.0448, 2.4e5)):
+        row = {"sparsity_weight": weight}
+        for key, value in (("ndcg@10", ndcg), ("hit@10", 2 * ndcg), ("macs", macs),
+                           ("params", macs / 20)):
+            row[key], row[f"{key}_std"] = value, 0.001
+        rows.append(row)
+    sparsity._plot(rows, str(tmp_path / "sparsity.png"), "planted")
+    title = kept["sparsity.png"]._suptitle.get_text()
+    assert "lambda 0 -> 1" in title and "NDCG@10 0.0531 -> 0.0448" in title
+    per_seed = [{"different": np.array([-0.5, -0.1, 0.2, 0.4]), "similar": np.array([0.1, -0.3]),
+                 "users": 4, "ndcg@10": 0.05}]
+    conflict._plot({"parallel": per_seed, "shared": per_seed}, str(tmp_path / "conflict.png"),
+                   "planted")
+    axes = kept["conflict.png"].axes
+    assert "conflicting 50% of different-interest vs 50% of similar pairs" in axes[0].get_title()
+    assert "0: conflict below" in [t.get_text() for t in axes[0].get_legend().get_texts()]

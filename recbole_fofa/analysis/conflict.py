@@ -251,10 +251,12 @@ def _plot(per_mode, path, dataset):
         ax.hist(different, bins=bins, alpha=0.7, label=f"different interests ({different.size})")
         ax.hist(similar, bins=bins, histtype="step", color="k",
                 label=f"similar interests ({similar.size})")
-        ax.axvline(0, color="C3", linestyle=":", linewidth=1)
+        ax.axvline(0, color="C3", linestyle=":", linewidth=1, label="0: conflict below")
         ax.set_xlabel("cosine of block gradients")
         ax.set_ylabel("(pair, block) count")
-        ax.set_title(f"mapper_mode: {mode}", fontsize=9)
+        shares = [f"{(v < 0).mean():.0%}" if v.size else "-" for v in (different, similar)]
+        ax.set_title(f"mapper_mode: {mode}: conflicting {shares[0]} of different-interest "
+                     f"vs {shares[1]} of similar pairs", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return plots.save(fig, path)

@@ -91,8 +91,13 @@ def run_sparsity(dataset, config_file_list=None, config_dict=None, output_dir="f
 
 
 def _plot(rows, path, dataset):
-    fig, axes = plots.figure(4, width=4.2, height=3.4,
-                             title=f"ForwardOFA on {dataset}: sparsity weight lambda")
+    first, last = rows[0], rows[-1]
+    headline = "; ".join(
+        f"{label} {first[key]:.4g} -> {last[key]:.4g}" for key, label in METRICS[:4]
+        if isinstance(first.get(key), (int, float)) and isinstance(last.get(key), (int, float)))
+    fig, axes = plots.figure(4, width=4.2, height=3.4, title=(
+        f"ForwardOFA on {dataset}: sparsity weight lambda {first['sparsity_weight']:g} -> "
+        f"{last['sparsity_weight']:g}: {headline}"))
     x = [row["sparsity_weight"] for row in rows]
     for ax, (key, label) in zip(axes, METRICS[:4]):
         errors = error_bars(row[f"{key}_std"] for row in rows)
