@@ -453,7 +453,9 @@ def run_benchmark(
     runs_dir = output_dir / "runs"
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
-        (runs_dir / ".writable").write_text("")
+        probe = runs_dir / ".writable"
+        probe.write_text("")
+        probe.unlink()
     except OSError as err:
         raise ValueError(f"--output {output_dir}: cannot write runs there ({err})") from None
     with experiment.quiet_console(), _Lock(output_dir):
