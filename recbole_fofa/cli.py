@@ -361,8 +361,10 @@ def run_export_cli(args, rest):
         budgets = compat.literal_config_value(args.export_budgets)
         budgets = budgets if isinstance(budgets, list) else [budgets]
     output = args.output or "fofa-export"
-    manifest = export_checkpoint(args.checkpoint, budgets, output, config_flags(rest),
-                                 args.export_format)
+    overrides = config_flags(rest)
+    if not isinstance(args.dataset, DefaultDataset):  # as --search: the checkpoint's own
+        overrides["dataset"] = args.dataset
+    manifest = export_checkpoint(args.checkpoint, budgets, output, overrides, args.export_format)
     print(f"\n{manifest['format']} tiers of {args.checkpoint}")
     print(format_table(manifest["tiers"], ["budget", "config", "macs", "params", "graph",
                                            "graph_bytes", "scoring_graph_bytes"]))

@@ -372,6 +372,10 @@ def test_cli_exports_the_searched_tiers_of_a_checkpoint(planted, tmp_path, capsy
     assert manifest["tiers"][-1]["config"] == trained.model.shape.full().key
     assert manifest["source"] == str(checkpoint)
     assert "manifest.json" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="`dataset` = 'ml-100k' is not the dataset the "
+                                         "checkpoint was trained on"):
+        cli.main(["--export", f"--checkpoint={checkpoint}", "--dataset=ml-100k",
+                  f"--output={tmp_path / 'other'}"])
 
 
 @pytest.mark.slow
