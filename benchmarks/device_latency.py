@@ -31,8 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from distributed import write_tiny_dataset  # benchmarks/distributed.py, beside this script
 
 from recbole_fofa.device.measure import measure_device
 from recbole_fofa.device.runtime import require
@@ -45,20 +45,6 @@ TINY = {"n_blocks": 3, "rt_len": 4, "mapper_rank": 4, "mapper_hidden": 16, "hidd
         "epochs": 1, "train_batch_size": 64, "eval_batch_size": 256, "state": "ERROR",
         "show_progress": False, "metrics": ["NDCG", "Hit"], "topk": [10],
         "valid_metric": "NDCG@10", "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
-
-
-def write_tiny_dataset(root, name="tiny", n_users=60, n_items=40, seq_len=14, seed=0):
-    """``root/name/name.inter``: each user walks the cycle i -> i+1 from a random item."""
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for user in range(1, n_users + 1):
-        start = int(rng.integers(n_items))
-        lines += [f"u{user}\ti{(start + step) % n_items + 1}\t{1000 * user + step}"
-                  for step in range(seq_len)]
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
-    return name
 
 
 def test_users(test_data):
@@ -81,7 +67,8 @@ def load_model(args, output):
         return model, test, args.checkpoint
     if args.tiny:
         root = Path(tempfile.mkdtemp(prefix="fofa-device-tiny-"))
-        dataset = write_tiny_dataset(root)
+        write_tiny_dataset(root)  # root/tiny/tiny.inter
+        dataset = "tiny"
         config = dict(TINY, data_path=str(root), checkpoint_dir=str(root / "saved"))
         trained = train("ForwardOFA", dataset, config_dict=config)
         return trained.model, trained.test_data, f"a tiny ForwardOFA trained on {root}"

@@ -119,8 +119,8 @@ def build_parser():
                         help="with --benchmark/--analysis: a count N (seeds seed, seed+1, ...) "
                         "or a comma-separated list (default: 3 for --benchmark, 1 otherwise)")
     parser.add_argument("--output", type=str, default=None,
-                        help="with --benchmark/--analysis: the output folder (default "
-                        "fofa-benchmark/ or fofa-analysis/)")
+                        help="with --benchmark/--analysis/--export: the output folder "
+                        "(default fofa-benchmark/, fofa-analysis/ or fofa-export/)")
     parser.add_argument("--routing", action="store_true",
                         help="with --benchmark: the ForwardOFA runs also score the best fixed "
                         "sub-network at their own MACs and the per-user routing oracle (each "
