@@ -30,6 +30,7 @@ from recbole_fofa.benchmark import tuning
 from recbole_fofa.benchmark.report import BenchmarkReport
 from recbole_fofa.config import Config
 from recbole_fofa.model import Stage
+from recbole_fofa.trainer.progress import write_atomically
 from recbole_fofa.version import __version__
 
 __all__ = ["Variant", "default_variants", "resolve_variants", "run_benchmark", "RUN_METRICS",
@@ -347,21 +348,12 @@ class _Supernets:
             return None
 
     def store(self, seed, state, seconds):
-        _atomic_write(self._path(seed), lambda f: torch.save(
+        write_atomically(self._path(seed), lambda f: torch.save(
             {"state": state, "seconds": list(seconds)}, f))
 
 
-def _atomic_write(path, write):
-    """``write(temporary path)``, then rename it to ``path``: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def _write_json(path, record):
-    _atomic_write(path, lambda f: Path(f).write_text(
+    write_atomically(path, lambda f: Path(f).write_text(
         json.dumps(record, indent=1, default=_json_default)))
 
 

@@ -289,7 +289,7 @@ class PluginTrainerMixin:
         if pending is not None:  # the stage's epochs before the interruption count as its own
             first_epoch = _stage_start(self.epoch_times, stage)
             first_valid = _stage_start(self.valid_scores, stage)
-            self._check_progress_data(pending, train_data)
+            self._check_progress_data(pending)
             progress.restore_generators(pending["generators"], train_data)
             if pending["stage_done"]:  # that stage ended before the interruption
                 self._record_stage_end(stage, first_epoch, first_valid)
@@ -322,13 +322,7 @@ class PluginTrainerMixin:
         state = progress.read(self.progress_file)
         if state is None:
             return None
-        model = getattr(self.model, "module", self.model)
-        self.prepare_resume(state)  # before the weights: ForwardOFA enters the saved stage
-        model.load_state_dict(state["state_dict"])
-        model.load_other_parameter(state["other_parameter"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.start_epoch = state["epoch"] + 1
-        self.cur_step, self.best_valid_score = state["cur_step"], state["best_valid_score"]
+        self._restore(state)
         self.best_valid_result = state["best_valid_result"] or None
         self.epoch_times = [EpochTime(*e) for e in state["epoch_times"]]
         self.valid_scores = [tuple(v) for v in state["valid_scores"]]
@@ -346,7 +340,7 @@ class PluginTrainerMixin:
         """Write the state after validating ``epoch_idx`` to :attr:`progress_file`."""
         done = self.cur_step > self.stopping_step or epoch_idx + 1 >= self.epochs
         extra = {"saved_model_file": self.saved_model_file,
-                 "fingerprint": dataset_fingerprint(train_data._dataset),
+                 "fingerprint": self.config.dataset_fingerprint,  # computed once, by fit
                  **self.progress_extra()}
         model = getattr(self.model, "module", self.model)
         progress.write(progress.capture(self, model, train_data, epoch_idx, done, extra),
@@ -359,8 +353,8 @@ class PluginTrainerMixin:
     def restore_progress_extra(self, extra):
         """Hook: restore what :meth:`progress_extra` kept."""
 
-    def _check_progress_data(self, state, train_data):
-        saved, current = state["extra"]["fingerprint"], dataset_fingerprint(train_data._dataset)
+    def _check_progress_data(self, state):
+        saved, current = state["extra"]["fingerprint"], self.config.dataset_fingerprint
         if saved != current:
             raise ValueError(f"{self.progress_file}: cannot resume this run from it: it was "
                              f"trained on other data ({saved} there, {current} here)")
@@ -413,14 +407,21 @@ class PluginTrainerMixin:
                 self.saved_model_file = "-resumed".join(os.path.splitext(resume_file))
             self.logger.info(f"{resume_file} was written with other settings: it is kept as it "
                              f"is, this run saves to {self.saved_model_file}")
-        self.prepare_resume(checkpoint)
-        self.start_epoch = checkpoint["epoch"] + 1
-        self.cur_step = checkpoint["cur_step"]
-        self.best_valid_score = checkpoint["best_valid_score"]
+        self._restore(checkpoint)
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def _restore(self, checkpoint):
+        """What RecBole's resume restores (weights, the model's other parameters, optimizer,
+        epoch, early-stopping step and best score), after :meth:`prepare_resume`; shared by
+        :meth:`resume_checkpoint` and :meth:`keep_progress`."""
+        model = getattr(self.model, "module", self.model)
+        self.prepare_resume(checkpoint)  # before the weights: ForwardOFA enters the saved stage
         model.load_state_dict(checkpoint["state_dict"])
         model.load_other_parameter(checkpoint.get("other_parameter"))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
 
     def prepare_resume(self, checkpoint):
         """Hook run before a checkpoint's weights and optimizer state are loaded."""

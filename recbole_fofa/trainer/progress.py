@@ -19,7 +19,7 @@ import torch
 
 from recbole_fofa import compat
 
-__all__ = ["capture", "read", "restore_generators", "write"]
+__all__ = ["capture", "read", "restore_generators", "write", "write_atomically"]
 
 #: bumped when the file's layout changes: an older file is refused, not misread
 VERSION = 1
@@ -65,13 +65,19 @@ def capture(trainer, model, train_data, epoch_idx, stage_done, extra=None) -> Di
     }
 
 
-def write(state, path):
-    """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one."""
+def write_atomically(path, write):
+    """``write(temporary path)``, then rename it to ``path``: a reader sees the old file or the
+    new one, never half of one (the progress file here, the benchmark's run files too)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.tmp"
-    torch.save(state, temporary)
+    write(temporary)
     os.replace(temporary, path)
+
+
+def write(state, path):
+    """Write ``state`` to ``path`` atomically."""
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
 def read(path):

@@ -96,16 +96,17 @@ class ForwardOFATrainer(Trainer):
     def temperature(self, epoch_idx):
         """Gumbel-sigmoid temperature of stage-2 epoch ``epoch_idx`` (exponential annealing)."""
         start, end = self.config["tau_start"], self.config["tau_end"]
+        return start * (end / start) ** self._anneal_progress(epoch_idx)
+
+    def _anneal_progress(self, epoch_idx):
+        """How far stage-2 epoch ``epoch_idx`` is through ``tau_anneal_epochs``, in [0, 1]."""
         span = self.config["tau_anneal_epochs"]
-        progress = 1.0 if span == 0 else min(epoch_idx / span, 1.0)
-        return start * (end / start) ** progress
+        return 1.0 if span == 0 else min(epoch_idx / span, 1.0)
 
     def noise_scale(self, epoch_idx):
         """Scale of the Gumbel noise in stage-2 epoch ``epoch_idx``: from 1 to
         ``gumbel_noise_end``, linearly over ``tau_anneal_epochs`` (1 throughout by default)."""
-        end, span = self.config["gumbel_noise_end"], self.config["tau_anneal_epochs"]
-        progress = 1.0 if span == 0 else min(epoch_idx / span, 1.0)
-        return 1.0 + (end - 1.0) * progress
+        return 1.0 + (self.config["gumbel_noise_end"] - 1.0) * self._anneal_progress(epoch_idx)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
