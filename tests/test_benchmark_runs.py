@@ -1,12 +1,17 @@
-"""The benchmark's stored runs: blind tuning on tuning seeds, runs that resume mid-training, one
-benchmark per output folder, changed data and unreadable files (issues 19 and 20)."""
+"""The benchmark's stored runs: blind tuning on tuning seeds, runs that resume mid-training, an
+output shared by benchmark processes, changed data and unreadable files (issues 19 and 20)."""
 
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
 from recbole_fofa import cli
-from recbole_fofa.benchmark import runner, tuning
+from recbole_fofa.benchmark import queue, runner, tuning
 from recbole_fofa.benchmark.runner import run_benchmark
 from recbole_fofa.trainer import PluginTrainerMixin
 
@@ -49,13 +54,55 @@ def test_tuning_seeds_never_overlap_test_seeds_and_flags_parse():
     assert cli.tuning_inputs(args, [1])[1] == [3, 4]
 
 
-def test_one_benchmark_per_output_folder(bench, tmp_path):
-    dataset, config = bench
-    out = tmp_path / "out"
-    out.mkdir()
-    with runner._Lock(out):
-        with pytest.raises(ValueError, match="another benchmark .*pid .* is writing there"):
-            run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False)
+def _fake_jobs(store, ran, names, after=None, seconds=0.05):
+    """Jobs that record who ran them (``ran``) and store their result in ``store``."""
+    def job(name):
+        def run():
+            ran.append((name, threading.get_ident()))
+            time.sleep(seconds)
+            for dep in (after or {}).get(name, ()):
+                assert dep in store, f"{name} ran before {dep} was stored"
+            store[name] = {"name": name}
+            return store[name]
+        return queue.Job(name, lambda: store.get(name), run, tuple((after or {}).get(name, ())))
+    return [job(n) for n in names]
+
+
+def test_processes_in_one_output_share_its_runs_and_never_train_one_twice(tmp_path):
+    store, ran = {}, []
+    names = ["a", "b", "c", "d", "e"]
+    after = {"c": ["a"], "e": ["c", "d"]}
+    queues = [queue.RunQueue(tmp_path, poll=0.01) for _ in range(2)]
+    for q in queues:
+        q.add(_fake_jobs(store, ran, names, after))
+    workers = [threading.Thread(target=q.run) for q in queues]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=30)
+    assert sorted(name for name, _ in ran) == names  # each job ran once, in one of them
+    assert len({worker for _, worker in ran}) == 2  # both worked
+    for q in queues:  # each knows every record, trained there or stored by the other
+        assert q.done and q.records == {n: {"name": n} for n in names}
+    with pytest.raises(ValueError, match="queued twice"):
+        queues[0].add(_fake_jobs(store, ran, ["a"]))
+    with pytest.raises(ValueError, match=r"starts from \['z'\], which are not queued"):
+        queues[0].add(_fake_jobs(store, ran, ["y"], {"y": ["z"]}))
+
+
+def test_a_held_run_is_waited_for_and_taken_over_when_its_holder_dies(tmp_path):
+    store, ran = {}, []
+    other = queue.RunQueue(tmp_path)
+    held = other._hold("a")  # another process trains "a"
+    assert held is not None
+    mine = queue.RunQueue(tmp_path, poll=0.01)
+    mine.add(_fake_jobs(store, ran, ["a", "b"]))
+    assert mine.step() and ran == [("b", threading.get_ident())]  # "a" is skipped, not run
+    assert not mine.step() and not mine.done  # nothing free: it waits
+    assert mine.owner("a") == f"pid {os.getpid()}"
+    held.close()  # the holder died (flock released) before it stored "a": it runs here
+    mine.run()
+    assert [name for name, _ in ran] == ["b", "a"] and mine.done
 
 
 @pytest.mark.slow
@@ -165,3 +212,35 @@ def test_forward_ofa_starts_from_the_sasrec_run_of_its_seed_and_tuning_point(ben
     assert path == str(out / "saved" / f"SASRec-3__seed1-{sasrec_key}.pth")
     tuned = json.loads(next((out / "tuning" / "runs").glob("ForwardOFA-fromSASRec*")).read_text())
     assert "SASRec-3__learning_rate=0.01__seed9-" in tuned["overrides"]["backbone_init"]
+
+
+_WORKER = """
+import json, sys
+from recbole_fofa.benchmark.runner import run_benchmark
+dataset, config, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+report = run_benchmark(dataset, None, config, ["SASRec-1", "SASRec-2"], [1, 2], out,
+                       progress=False, search_budgets=[], tune={"learning_rate": [0.01, 0.02]},
+                       tuning_seeds=[9])
+print(json.dumps([r["test"]["ndcg@10"] for r in report.records]))
+"""
+
+
+@pytest.mark.slow
+def test_two_benchmark_processes_share_one_output(bench, tmp_path):
+    dataset, config = bench
+    out = tmp_path / "out"
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, dataset, json.dumps(config),
+                                 str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+               for _ in range(2)]
+    results = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in results]
+    tables = [json.loads(stdout.splitlines()[-1]) for stdout, _ in results]
+    assert tables[0] == tables[1] and len(tables[0]) == 4  # both report every run
+    # 4 tuning runs and 4 test runs, each trained once (RecBole logs one file per training)
+    assert len(list((tmp_path / "log").rglob("*.log"))) == 8
+    assert len(list((out / "tuning" / "runs").glob("*.json"))) == 4
+    assert set(json.loads((out / "tuning" / "tuning.json").read_text())["chosen"]) == {
+        "SASRec-1", "SASRec-2"}
+    assert not list(out.rglob("*.tmp"))

@@ -14,6 +14,7 @@ import numpy as np
 from recbole_fofa import plots
 from recbole_fofa.benchmark import stats, tuning
 from recbole_fofa.table import format_table
+from recbole_fofa.trainer.progress import write_atomically
 
 __all__ = ["BenchmarkReport", "QUALITY", "COST"]
 
@@ -288,18 +289,27 @@ class BenchmarkReport:
         ``benchmark.md`` in ``output_dir``."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.files["png"] = str(self.plot(output_dir / "benchmark.png"))
+        # atomically: benchmarks that share the output write the same files when they end
+        path = output_dir / "benchmark.png"
+        write_atomically(path, self.plot)
+        self.files["png"] = str(path)
         rows = self.csv_rows()
         fields = list(dict.fromkeys(k for row in rows for k in row))
-        with (output_dir / "benchmark.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def write_csv(temporary):
+            with open(temporary, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        write_atomically(output_dir / "benchmark.csv", write_csv)
         self.files["csv"] = str(output_dir / "benchmark.csv")
         if self.comparisons():
-            self.files["comparisons"] = str(stats.write_comparisons(
-                self.comparisons(), output_dir / "comparisons.csv"))
-        (output_dir / "benchmark.md").write_text(self.markdown())
+            path = output_dir / "comparisons.csv"
+            write_atomically(path, lambda f: stats.write_comparisons(self.comparisons(), f))
+            self.files["comparisons"] = str(path)
+        write_atomically(output_dir / "benchmark.md", lambda f: Path(f).write_text(
+            self.markdown()))
         self.files["md"] = str(output_dir / "benchmark.md")
         return self
 

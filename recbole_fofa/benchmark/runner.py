@@ -5,12 +5,12 @@ Every run trains on the same dataset config (split, metrics, evaluation) with th
 budget: ForwardOFA's ``supernet_epochs + epochs``, which the baselines train as ``epochs``.
 ForwardOFA variants that differ from ForwardOFA only in stage-2 keys (mapper, controller,
 sparsity) start stage 2 from the same supernet of their seed, trained once and stored beside the
-runs, and report its stage-1 epochs as theirs.
+runs, and report its stage-1 epochs as theirs. Benchmarks started with the same settings in the
+same output folder share its runs (:mod:`~recbole_fofa.benchmark.queue`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from recbole_fofa import experiment
 from recbole_fofa.benchmark import tuning
+from recbole_fofa.benchmark.queue import Job, RunQueue
 from recbole_fofa.benchmark.report import BenchmarkReport
 from recbole_fofa.config import Config
 from recbole_fofa.model import Stage
@@ -377,34 +378,6 @@ def _read_record(path):
         return None
 
 
-class _Lock:
-    """One benchmark at a time in an output folder: ``<output>/.lock`` held with ``flock``
-    (released when the process ends, however it ends)."""
-
-    def __init__(self, folder):
-        self.path = Path(folder) / ".lock"
-
-    def __enter__(self):
-        self.handle = self.path.open("a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.handle.seek(0)
-            owner = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise ValueError(f"--output {self.path.parent}: another benchmark ({owner}) is "
-                             "writing there; wait for it or pick another --output") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()}")
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
-
-
 def run_benchmark(
     dataset: str,
     config_file_list: List[str] | None = None,
@@ -420,7 +393,8 @@ def run_benchmark(
     tuning_seeds: Sequence[int] = (),
 ):
     """Run every model over every seed (finished runs in ``output_dir/runs`` are skipped; an
-    interrupted run resumes from its last validated epoch) and write the report; returns the
+    interrupted run resumes from its last validated epoch; other processes running the same
+    benchmark in ``output_dir`` share the runs) and write the report; returns the
     :class:`~recbole_fofa.benchmark.report.BenchmarkReport`.
 
     ``models``: labels for :func:`resolve_variants` (default: :func:`default_variants`).
@@ -450,7 +424,7 @@ def run_benchmark(
         probe.unlink()
     except OSError as err:
         raise ValueError(f"--output {output_dir}: cannot write runs there ({err})") from None
-    with experiment.quiet_console(), _Lock(output_dir):
+    with experiment.quiet_console():
         if search_budgets is None:
             search_budgets = configured_budgets or SEARCH_BUDGETS
         budget, n_blocks, data_key = epoch_budget(dataset, config_file_list, common,
@@ -464,26 +438,54 @@ def run_benchmark(
                                                          config_file_list=config_file_list))
         context = dict(dataset=dataset, config_file_list=config_file_list, common=common,
                        budget=budget, output_dir=output_dir, supernets=supernets)
-        chosen = {}
-        if grid:
-            chosen = _tune(variants, grid, tuning_seeds, data, context, progress)
-            variants = [Variant(v.label, v.model, {**v.overrides, **chosen[v.label]["point"]},
-                                v.kind) for v in variants]
-        keys = {}
-        jobs = []
-        for seed in seeds:
-            for variant in variants:  # referenced runs first: their keys name their files
-                variant = _bound(variant, lambda label, seed=seed: _checkpoint_path(
-                    output_dir, _file_stem(label, seed), keys[label, seed]))
-                keys[variant.label, seed] = _run_key(variant, seed, data, config_file_list,
-                                                     common, list(search_budgets), routing)
-                jobs.append((variant, seed))
-        bar = tqdm(jobs, desc="benchmark", unit="run", disable=not progress, ncols=100)
-        for variant, seed in bar:
-            bar.set_postfix_str(f"{variant.label} seed {seed}")
-            _run_stored(runs_dir / f"{_file_stem(variant.label, seed)}.json",
-                        keys[variant.label, seed], variant, seed, context,
-                        search_budgets=list(search_budgets), routing=routing)
+        bar = tqdm(total=0, desc="benchmark", unit="run", disable=not progress, ncols=100)
+        queue = RunQueue(output_dir, bar)
+        tuned = _Tuning(variants, grid, tuning_seeds, data, context) if grid else None
+        if tuned:
+            queue.add(tuned.jobs)
+        keys, chosen, pending = {}, {}, list(variants)
+        sharer = next((v.label for v in variants if v.shares_supernet), None)
+
+        def starts_from(variant):  # the labels whose run of the same seed this one needs first
+            shared = [sharer] if variant.shares_supernet and variant.label != sharer else []
+            return [*references(variant).values(), *shared]
+
+        test_options = dict(search_budgets=list(search_budgets), routing=routing)
+        while pending or not queue.done:
+            ready = []  # the models whose test runs can be queued now: tuned, references queued
+            for variant in list(pending):
+                if set(starts_from(variant)) & {v.label for v in pending}:
+                    continue
+                if tuned:
+                    if not tuned.finished(variant.label, queue.records):
+                        continue
+                    chosen[variant.label] = tuned.choose(variant.label, queue.records)
+                    variant = Variant(variant.label, variant.model,
+                                      {**variant.overrides, **chosen[variant.label]["point"]},
+                                      variant.kind)
+                pending = [v for v in pending if v.label != variant.label]
+                ready.append(variant)
+            jobs = []
+            for variant in ready:
+                for seed in seeds:
+                    bound = _bound(variant, lambda label, seed=seed: _checkpoint_path(
+                        output_dir, _file_stem(label, seed), keys[label, seed]))
+                    keys[variant.label, seed] = _run_key(bound, seed, data, config_file_list,
+                                                         common, list(search_budgets), routing)
+                    after = [_file_stem(label, seed) for label in starts_from(variant)]
+                    jobs.append((seeds.index(seed), _job(
+                        runs_dir / f"{_file_stem(variant.label, seed)}.json",
+                        keys[variant.label, seed], bound, seed, context, after, test_options)))
+            queue.add([job for _, job in sorted(jobs, key=lambda pair: pair[0])])
+            if not ready:
+                if queue.done:  # cannot happen: every model is tuned once its runs are stored
+                    raise RuntimeError(f"benchmark: {[v.label for v in pending]} never ready")
+                queue.step()
+        variants = [Variant(v.label, v.model, {**v.overrides, **chosen[v.label]["point"]},
+                            v.kind) if v.label in chosen else v for v in variants]
+        if tuned:
+            tuned.write(chosen)
+        bar.close()
     records = [_stored_record(runs_dir / f"{_file_stem(v.label, s)}.json", keys[v.label, s])
                for s in seeds for v in variants]
     settings = {"dataset": dataset, "config_files": config_file_list or [],
@@ -502,18 +504,33 @@ def _check_seeds(seeds, what):
     return seeds
 
 
-def _run_stored(path, key, variant, seed, context, **kwargs):
-    """Run (variant, seed) unless ``path`` holds its finished run with settings ``key``; store
-    the record atomically and drop the run's progress file once it is."""
+def _finished(path, key):
+    """The run stored at ``path`` if it finished with settings ``key``, else None."""
     stored = _read_record(path)
     if stored and stored.get("status") == "ok" and stored.get("settings_key") == key:
-        return stored  # finished in an earlier invocation with the same settings
-    record = run_one(variant, seed, key=key, stem=path.stem, **context, **kwargs)
-    _write_json(path, record)
-    if record["status"] == "ok":
-        (Path(context["output_dir"]) / "progress" / f"{path.stem}-{key}.pt").unlink(
-            missing_ok=True)
-    return record
+        return stored
+    return None
+
+
+def _job(path, key, variant, seed, context, after=(), options=None):
+    """The queue's job of run (variant, seed), stored at ``path``: it runs unless ``path``
+    holds its finished run with settings ``key``; the record is stored atomically and the run's
+    progress file dropped once it is. ``after``: the file stems of the runs it starts from."""
+    prefix = "tuning__" if path.parent.parent.name == "tuning" else ""
+
+    def run():
+        stored = _finished(path, key)  # stored by another process since the queue looked
+        if stored is not None:
+            return stored
+        record = run_one(variant, seed, key=key, stem=path.stem, **context, **(options or {}))
+        _write_json(path, record)
+        if record["status"] == "ok":
+            (Path(context["output_dir"]) / "progress" / f"{path.stem}-{key}.pt").unlink(
+                missing_ok=True)
+        return record
+
+    return Job(prefix + path.stem, lambda: _finished(path, key), run,
+               tuple(prefix + stem for stem in after))
 
 
 def _stored_record(path, key):
@@ -528,46 +545,66 @@ def _stored_record(path, key):
     return record
 
 
-def _tune(variants, grid, tuning_seeds, data, context, progress):
-    """Each variant's grid point with the best mean valid score over ``tuning_seeds``:
-    ``{label: {"point", "metric", "rows"}}``, also written to ``<output>/tuning.json``."""
-    runs_dir = Path(context["output_dir"]) / "tuning" / "runs"
-    metric = str(context["common"].get("valid_metric") or "NDCG@10").lower()
-    jobs = [(v, tuple(sorted(p.items())), s) for v in variants
-            for p in tuning.points_for(grid, v.model) for s in tuning_seeds]
-    bar = tqdm(jobs, desc="tuning", unit="run", disable=not progress, ncols=100)
-    records, keys = {}, {}
-    models = {v.label: v.model for v in variants}
+class _Tuning:
+    """The blind tuning of a benchmark: the queue's tuning runs (each model at each grid point on
+    each tuning seed, validated only) and each model's choice, the point with the best mean valid
+    score, written to ``<output>/tuning/tuning.json``."""
 
+    def __init__(self, variants, grid, tuning_seeds, data, context):
+        self.grid, self.seeds = grid, list(tuning_seeds)
+        self.output = Path(context["output_dir"]) / "tuning"
+        self.metric = str(context["common"].get("valid_metric") or "NDCG@10").lower()
+        self.models = {v.label: v.model for v in variants}
+        self.points = {v.label: tuning.points_for(grid, v.model) for v in variants}
+        self.jobs, self.names, keys = [], {}, {}
+        for variant in variants:
+            for point in self.points[variant.label]:
+                for seed in self.seeds:
+                    run = _bound(Variant(variant.label, variant.model,
+                                         {**variant.overrides, **point}, variant.kind),
+                                 lambda label, point=point, seed=seed: _checkpoint_path(
+                                     context["output_dir"], self.stem(label, self.own(label, point),
+                                                                      seed),
+                                     keys[label, self.slug(label, point), seed]))
+                    key = _run_key(run, seed, data, context["config_file_list"],
+                                   context["common"], None, tuning_run=True)
+                    keys[variant.label, self.slug(variant.label, point), seed] = key
+                    after = [self.stem(label, self.own(label, point), seed)
+                             for label in references(variant).values()]
+                    job = _job(self.output / "runs" / f"{self.stem(variant.label, point, seed)}"
+                               ".json", key, run, seed, context, after,
+                               dict(search_budgets=[], tuning_run=True))
+                    self.names.setdefault(variant.label, []).append((job.name, point))
+                    self.jobs.append(job)
+
+    @staticmethod
     def stem(label, point, seed):
         return f"{label}__{tuning.point_slug(point)}__seed{seed}"
 
-    def reference_run(label, point, seed):  # the referenced label's run at the same point
-        own = {k: v for k, v in point.items()
-               if k in tuning.points_for(grid, models[label])[0]}
-        return _checkpoint_path(context["output_dir"], stem(label, own, seed),
-                                keys[label, tuple(sorted(own.items())), seed])
+    def own(self, label, point):
+        """The part of ``point`` that applies to ``label`` (a referenced model's own point)."""
+        return {k: v for k, v in point.items() if k in self.points[label][0]}
 
-    for variant, point, seed in bar:
-        bar.set_postfix_str(f"{variant.label} {tuning.point_slug(dict(point))} seed {seed}")
-        run = _bound(Variant(variant.label, variant.model, {**variant.overrides, **dict(point)},
-                             variant.kind),
-                     lambda label, point=point, seed=seed: reference_run(label, dict(point),
-                                                                         seed))
-        key = _run_key(run, seed, data, context["config_file_list"], context["common"], None,
-                       tuning_run=True)
-        keys[variant.label, point, seed] = key
-        record = _run_stored(runs_dir / f"{stem(variant.label, dict(point), seed)}.json", key,
-                             run, seed, context, search_budgets=[], tuning_run=True)
-        records.setdefault(variant.label, []).append({**record, "point": dict(point)})
-    chosen = {}
-    for variant in variants:
-        point, rows = tuning.choose(records.get(variant.label, []),
-                                    tuning.points_for(grid, variant.model), metric)
-        chosen[variant.label] = {"point": point, "metric": metric, "rows": rows}
-    _write_json(Path(context["output_dir"]) / "tuning" / "tuning.json",
-                {"grid": grid, "tuning_seeds": list(tuning_seeds), "chosen": chosen})
-    return chosen
+    def slug(self, label, point):
+        return tuning.point_slug(self.own(label, point))
+
+    def finished(self, label, records) -> bool:
+        return all(name in records for name, _ in self.names[label])
+
+    def choose(self, label, records):
+        rows = [{**records[name], "point": point} for name, point in self.names[label]]
+        point, table = tuning.choose(rows, self.points[label], self.metric)
+        return {"point": point, "metric": self.metric, "rows": table}
+
+    def write(self, chosen):
+        """``tuning.json``, keeping the choices of models that another benchmark in the same
+        output tuned on the same grid and seeds."""
+        path = self.output / "tuning.json"
+        stored = _read_record(path) or {}
+        kept = stored.get("chosen", {}) if (stored.get("grid"), stored.get("tuning_seeds")) == (
+            self.grid, self.seeds) else {}
+        _write_json(path, {"grid": self.grid, "tuning_seeds": self.seeds,
+                           "chosen": {**kept, **chosen}})
 
 
 def _json_default(value):

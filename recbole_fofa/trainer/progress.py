@@ -67,10 +67,11 @@ def capture(trainer, model, train_data, epoch_idx, stage_done, extra=None) -> Di
 
 def write_atomically(path, write):
     """``write(temporary path)``, then rename it to ``path``: a reader sees the old file or the
-    new one, never half of one (the progress file here, the benchmark's run files too)."""
+    new one, never half of one (the progress file here, the benchmark's run files too). The
+    temporary name carries the pid: processes that write the same file do not share it."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp"
+    temporary = f"{path}.{os.getpid()}.tmp"
     write(temporary)
     os.replace(temporary, path)
 
