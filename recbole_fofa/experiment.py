@@ -105,10 +105,10 @@ def train(model, dataset, config_file_list=None, config_dict=None, saved=True, s
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     if supernet is not None:
         trainer.stage1_backbone = supernet  # stage 2 starts from it, not from backbone_init
-    if checkpoint_file is not None:
-        trainer.saved_model_file = str(checkpoint_file)
     if progress_file is not None:
         trainer.keep_progress(progress_file)
+    if checkpoint_file is not None:  # after the progress's own: a moved output keeps its folder
+        trainer.saved_model_file = str(checkpoint_file)
     best_score, best_result = trainer.fit(train_data, valid_data, saved=saved,
                                           show_progress=False)
     if saved:  # the best checkpoint, as RecBole's evaluate(load_best_model=True) loads it

@@ -150,13 +150,16 @@ def test_an_interrupted_benchmark_run_resumes_mid_training(bench, tmp_path, monk
                       search_budgets=[])
     assert len(list((out / "progress").glob("*.pt"))) == 1
     monkeypatch.setattr(PluginTrainerMixin, "save_progress", real)
-    resumed = run_benchmark(dataset, None, config, ["SASRec-1"], [1], out, progress=False,
+    moved = tmp_path / "moved"  # the output folder is moved (or merged) before it resumes
+    out.rename(moved)
+    resumed = run_benchmark(dataset, None, config, ["SASRec-1"], [1], moved, progress=False,
                             search_budgets=[])
     record = resumed.records[0]
     assert record["resumed"] == [["train", 0]]
     assert record["test"] == whole.records[0]["test"]
     assert record["training"] == whole.records[0]["training"]
-    assert not list((out / "progress").glob("*.pt"))  # dropped once the run is stored
+    assert not list((moved / "progress").glob("*.pt"))  # dropped once the run is stored
+    assert len(list((moved / "saved").glob("*.pth"))) == 1 and not out.exists()
 
 
 @pytest.mark.slow
