@@ -86,6 +86,8 @@ def test_processes_in_one_output_share_its_runs_and_never_train_one_twice(tmp_pa
         assert q.done and q.records == {n: {"name": n} for n in names}
     with pytest.raises(ValueError, match="queued twice"):
         queues[0].add(_fake_jobs(store, ran, ["a"]))
+    queues[0].add(_fake_jobs(store, ran, ["b1", "b2"], {"b2": ["e"]}), behind="b")
+    assert list(queues[0].jobs) == ["a", "b", "b1", "b2", "c", "d", "e"]
     with pytest.raises(ValueError, match=r"starts from \['z'\], which are not queued"):
         queues[0].add(_fake_jobs(store, ran, ["y"], {"y": ["z"]}))
 

@@ -46,7 +46,10 @@ class RunQueue:
         self.jobs: Dict[str, Job] = {}
         self.records: Dict[str, Dict[str, Any]] = {}
 
-    def add(self, jobs: Sequence[Job]):
+    def add(self, jobs: Sequence[Job], behind: str | None = None):
+        """Queue ``jobs`` at the end, or right behind the queued job ``behind``."""
+        order = list(self.jobs.values())
+        at = len(order) if behind is None else [j.name for j in order].index(behind) + 1
         for job in jobs:
             if job.name in self.jobs:
                 raise ValueError(f"benchmark queue: the run {job.name} is queued twice")
@@ -55,6 +58,9 @@ class RunQueue:
                 raise ValueError(f"benchmark queue: {job.name} starts from {missing}, which "
                                  "are not queued before it")
             self.jobs[job.name] = job
+            order.insert(at, job)
+            at += 1
+        self.jobs = {job.name: job for job in order}
         if self.bar is not None:
             self.bar.total = len(self.jobs)
             self.bar.refresh()

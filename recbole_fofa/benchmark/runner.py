@@ -465,7 +465,7 @@ def run_benchmark(
                                       variant.kind)
                 pending = [v for v in pending if v.label != variant.label]
                 ready.append(variant)
-            jobs = []
+            jobs = []  # a tuned model's test runs come right behind its tuning runs
             for variant in ready:
                 for seed in seeds:
                     bound = _bound(variant, lambda label, seed=seed: _checkpoint_path(
@@ -476,6 +476,9 @@ def run_benchmark(
                     jobs.append((seeds.index(seed), _job(
                         runs_dir / f"{_file_stem(variant.label, seed)}.json",
                         keys[variant.label, seed], bound, seed, context, after, test_options)))
+                if tuned:
+                    queue.add([job for _, job in jobs], behind=tuned.names[variant.label][-1][0])
+                    jobs = []
             queue.add([job for _, job in sorted(jobs, key=lambda pair: pair[0])])
             if not ready:
                 if queue.done:  # cannot happen: every model is tuned once its runs are stored
