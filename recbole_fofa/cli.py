@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from recbole_fofa import compat, distributed
+from recbole_fofa.benchmark import workers
 from recbole_fofa.benchmark.runner import run_benchmark
 from recbole_fofa.config import resolve_config_files, shipped_configs
 from recbole_fofa.experiment import quiet_console
@@ -137,6 +138,10 @@ def build_parser():
     parser.add_argument("--tuning_seeds", type=str, default=None,
                         help="with --tune: the tuning seeds (a count N after the test seeds, or "
                         "a comma-separated list; never a test seed; default 1)")
+    parser.add_argument("--jobs", type=str, default=None,
+                        help="with --benchmark: run it in N processes that share the runs (the "
+                        "cores split between them; default 1); starting the same command N "
+                        "times does the same")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error instead of its message alone")
     return parser
@@ -195,8 +200,10 @@ def _main(parser, args, rest, argv):
             or args.tuning_seeds is not None) and not args.benchmark:
         raise SystemExit("run_recbole_fofa: --reference, --routing, --tune and --tuning_seeds "
                          "are read with --benchmark only")
+    if args.jobs is not None and not args.benchmark:
+        raise SystemExit("run_recbole_fofa: --jobs is read with --benchmark only")
     if args.benchmark:
-        run_benchmark_cli(args, rest)
+        run_benchmark_cli(args, rest, sys.argv[1:] if argv is None else argv)
     elif args.analysis is not None:
         run_analysis_cli(args, rest)
     elif args.export:
@@ -238,14 +245,18 @@ def _mode_inputs(args, rest, default_count):
     return flags, seeds, args.config_file_list
 
 
-def run_benchmark_cli(args, rest):
-    """``--benchmark``: every model over every seed; prints the table and writes the files."""
+def run_benchmark_cli(args, rest, argv=()):
+    """``--benchmark``: every model over every seed (``--jobs``: in that many processes of
+    ``argv``, the command's arguments); prints the table and writes the files."""
     flags, seeds, config_file_list = _mode_inputs(args, rest, 3)
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
     grid, tuning_seeds = tuning_inputs(args, seeds)
-    report = run_benchmark(args.dataset, config_file_list, flags, models, seeds,
-                           args.output or "fofa-benchmark", reference=args.reference,
-                           routing=args.routing, tune=grid, tuning_seeds=tuning_seeds)
+    jobs = workers.check_jobs(args.jobs or 1)
+    output = args.output or "fofa-benchmark"
+    with workers.helpers(argv, jobs, output):
+        report = run_benchmark(args.dataset, config_file_list, flags, models, seeds, output,
+                               reference=args.reference, routing=args.routing, tune=grid,
+                               tuning_seeds=tuning_seeds)
     budget = report.settings["epoch_budget"]
     print(f"\n{args.dataset}: test metrics, mean ± std over seeds {seeds}; "
           f"{budget['total']} epochs each (ForwardOFA {budget['supernet_epochs']} supernet + "

@@ -3,15 +3,13 @@ output shared by benchmark processes, changed data and unreadable files (issues 
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from recbole_fofa import cli
-from recbole_fofa.benchmark import queue, runner, tuning
+from recbole_fofa.benchmark import queue, runner, tuning, workers
 from recbole_fofa.benchmark.runner import run_benchmark
 from recbole_fofa.trainer import PluginTrainerMixin
 
@@ -219,33 +217,37 @@ def test_forward_ofa_starts_from_the_sasrec_run_of_its_seed_and_tuning_point(ben
     assert "SASRec-3__learning_rate=0.01__seed9-" in tuned["overrides"]["backbone_init"]
 
 
-_WORKER = """
-import json, sys
-from recbole_fofa.benchmark.runner import run_benchmark
-dataset, config, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-report = run_benchmark(dataset, None, config, ["SASRec-1", "SASRec-2"], [1, 2], out,
-                       progress=False, search_budgets=[], tune={"learning_rate": [0.01, 0.02]},
-                       tuning_seeds=[9])
-print(json.dumps([r["test"]["ndcg@10"] for r in report.records]))
-"""
-
-
 @pytest.mark.slow
-def test_two_benchmark_processes_share_one_output(bench, tmp_path):
+def test_benchmark_in_two_processes_trains_each_run_once(bench, tmp_path, capsys):
     dataset, config = bench
+    flags = [f"--{key}={value!r}" if not isinstance(value, str) else f"--{key}={value}"
+             for key, value in config.items() if key != "state"]
     out = tmp_path / "out"
-    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, dataset, json.dumps(config),
-                                 str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-               for _ in range(2)]
-    results = [w.communicate(timeout=600) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in results]
-    tables = [json.loads(stdout.splitlines()[-1]) for stdout, _ in results]
-    assert tables[0] == tables[1] and len(tables[0]) == 4  # both report every run
-    # 4 tuning runs and 4 test runs, each trained once (RecBole logs one file per training)
-    assert len(list((tmp_path / "log").rglob("*.log"))) == 8
-    assert len(list((out / "tuning" / "runs").glob("*.json"))) == 4
+    assert cli.main(["--benchmark", "--jobs=2", "--model=SASRec-1,SASRec-2", "--seeds=1,2",
+                     "--reference=SASRec-2",
+                     f"--output={out}", f"--dataset={dataset}", "--tuning_seeds=1",
+                     "--tune={learning_rate: [0.01, 0.02]}", *flags]) == 0
+    printed = capsys.readouterr().out
+    helper = (out / "workers" / "1.log").read_text()
+    for text in (printed, helper):  # both end with the whole table
+        assert "SASRec-2" in text and "Paired comparisons with SASRec-2" in text
+    # 4 tuning runs and 4 test runs, each trained once (its first epoch is logged once), by
+    # both processes (each wrote the lock of a run it trained)
+    logs = [path.read_text() for path in (tmp_path / "log").rglob("*.log")]
+    assert sum(text.count("epoch 0 training") for text in logs) == 8
+    owners = {path.read_text() for path in (out / "locks").glob("*.lock")}
+    assert len(owners) == 2
     assert set(json.loads((out / "tuning" / "tuning.json").read_text())["chosen"]) == {
         "SASRec-1", "SASRec-2"}
     assert not list(out.rglob("*.tmp"))
+
+
+def test_jobs_flag_is_checked():
+    assert workers.check_jobs("3") == 3
+    for bad in ("0", "x", "1.5", "65", None):
+        with pytest.raises(ValueError, match=r"--jobs=.*an integer in \[1, 64\]"):
+            workers.check_jobs(bad)
+    with pytest.raises(SystemExit, match="--jobs is read with --benchmark only"):
+        cli.main(["--model=SASRec", "--jobs=2"])
+    assert workers._without_jobs(["--benchmark", "--jobs=2", "--jobs", "3", "--x=1"]) == [
+        "--benchmark", "--x=1"]
