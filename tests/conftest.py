@@ -80,6 +80,12 @@ def planted_config(root):
     }
 
 
+def cli_flags(config):
+    """``config`` as ``run_recbole_fofa`` flags (``--key=value``; values as Python literals)."""
+    return [f"--{key}={value!r}" if not isinstance(value, str) else f"--{key}={value}"
+            for key, value in config.items() if key != "state"]
+
+
 @pytest.fixture
 def planted(tmp_path):
     """(dataset name, config_dict) for a tiny, fast run on the planted dataset."""

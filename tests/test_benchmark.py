@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import cli_flags
 
 from recbole_fofa import cli
 from recbole_fofa.benchmark import runner
@@ -170,8 +171,7 @@ def test_resolve_variants():
 @pytest.mark.slow
 def test_cli_benchmark(bench, tmp_path, capsys):
     dataset, config = bench
-    flags = [f"--{key}={value!r}" if not isinstance(value, str) else f"--{key}={value}"
-             for key, value in config.items() if key != "state"]
+    flags = cli_flags(config)
     out = tmp_path / "cli-out"
     assert cli.main(["--benchmark", "--model=SASRec-1", "--seeds=2", f"--output={out}",
                      f"--dataset={dataset}", *flags]) == 0

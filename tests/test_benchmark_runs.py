@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import cli_flags
 
 from recbole_fofa import cli
 from recbole_fofa.benchmark import queue, runner, tuning, workers
@@ -220,8 +221,7 @@ def test_forward_ofa_starts_from_the_sasrec_run_of_its_seed_and_tuning_point(ben
 @pytest.mark.slow
 def test_benchmark_in_two_processes_trains_each_run_once(bench, tmp_path, capsys):
     dataset, config = bench
-    flags = [f"--{key}={value!r}" if not isinstance(value, str) else f"--{key}={value}"
-             for key, value in config.items() if key != "state"]
+    flags = cli_flags(config)
     out = tmp_path / "out"
     assert cli.main(["--benchmark", "--jobs=2", "--model=SASRec-1,SASRec-2", "--seeds=1,2",
                      "--reference=SASRec-2",
