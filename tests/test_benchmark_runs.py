@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 from conftest import cli_flags
 
 from recbole_fofa import cli
@@ -156,7 +157,8 @@ def test_an_interrupted_benchmark_run_resumes_mid_training(bench, tmp_path, monk
     resumed = run_benchmark(dataset, None, config, ["SASRec-1"], [1], moved, progress=False,
                             search_budgets=[])
     record = resumed.records[0]
-    assert record["resumed"] == [["train", 0]]
+    assert record["resumed"] == [["train", 0]] and record["device"] == "cpu"
+    assert record["torch_threads"] == torch.get_num_threads()
     assert record["test"] == whole.records[0]["test"]
     assert record["training"] == whole.records[0]["training"]
     assert not list((moved / "progress").glob("*.pt"))  # dropped once the run is stored

@@ -288,6 +288,9 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             checkpoint_file=_checkpoint_path(output_dir, stem, key),
         )
         record["resumed"] = [list(r) for r in trained.trainer.resumes]
+        # where it trained: runs of one benchmark may come from several machines and sessions
+        record["device"] = str(trained.config["device"])
+        record["torch_threads"] = torch.get_num_threads()
         if tuning_run:
             record.update(valid=trained.best_valid_result,
                           training=trained.trainer.training_summary(),
