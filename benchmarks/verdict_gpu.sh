@@ -1,0 +1,54 @@
+#!/bin/bash
+# The verdict benchmark (issue 19; docs/benchmarks.md, "The verdict benchmark") on a lent GPU
+# machine, as one command for the device tool, run from the repository root:
+#   1. the GPU checks (benchmarks/gpu_check.sh, with short limits; CHECK=0 skips them);
+#   2. the verdict's runs in JOBS processes that share the GPU and the stored runs, stopped
+#      after LIMIT seconds (a run cut there keeps its progress file: the next session, on CPUs
+#      or a GPU, resumes it from its last validated epoch);
+#   3. every file the runs added or changed in benchmarks/results/verdict, packed into
+#      $OUT/verdict.tar.gz: unpack it at the repository root here (tar xzf verdict.tar.gz) and
+#      commit the folder; the logs (checks, benchmark, helpers) in $OUT/logs.tar.gz.
+# recbole and its pins come as wheels in .whl/ (see gpu_check.sh). Env: PYTHON (default
+# python3), JOBS (default 12), LIMIT (default 420 s), CHECK (default 1), OUT (default: a
+# temporary folder).
+set -u
+ROOT=$PWD
+PY=${PYTHON:-python3}
+OUTDIR=${OUT:-$(mktemp -d)}
+JOBS=${JOBS:-12}
+LIMIT=${LIMIT:-420}
+FOLDER=benchmarks/results/verdict
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$ROOT
+else
+  export PYTHONPATH=$ROOT
+fi
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::FutureWarning
+if [ "${CHECK:-1}" = 1 ]; then
+  mkdir -p "$OUTDIR/check"
+  T_TESTS=150 T_EPOCH=90 T_CLI=120 OUTDIR="$OUTDIR/check" bash benchmarks/gpu_check.sh \
+    > "$OUTDIR/check.log" 2>&1
+  echo "== gpu_check.sh: rc $? (its log: check.log, check/)"
+  tail -5 "$OUTDIR/check.log"
+fi
+MARK=$(mktemp)  # files newer than this are what the runs wrote
+WORK=$(mktemp -d)  # RecBole writes log/ and saved/ into the working directory
+start=$SECONDS
+(cd "$WORK" && timeout -k 30 "$LIMIT" $PY -m recbole_fofa --benchmark --jobs="$JOBS" \
+  --model=SASRec-6,SASRec-3,SASRec-2,ForwardOFA,ForwardOFA-fromSASRec --seeds=3 \
+  --dataset=ml-100k --config_files="$ROOT/properties/main.yaml $ROOT/properties/converge.yaml" \
+  --routing --tune="{learning_rate: [0.001, 0.002, 0.004]}" --tuning_seeds=1 \
+  --output="$ROOT/$FOLDER") > "$OUTDIR/verdict.log" 2>&1
+echo "== verdict benchmark: rc $? after $((SECONDS - start)) s (124: stopped at LIMIT)"
+tail -c 3000 "$OUTDIR/verdict.log"
+find "$FOLDER" -type f -newer "$MARK" ! -path "*/locks/*" ! -path "*/workers/*" \
+  ! -name "*.tmp" | tar czf "$OUTDIR/verdict.tar.gz" -T -
+echo "== packed $(tar tzf "$OUTDIR/verdict.tar.gz" | wc -l) files into verdict.tar.gz"
+# the device tool brings back 8 files at most: the logs travel as one archive
+mkdir -p "$OUTDIR/logs"
+cp "$FOLDER"/workers/*.log "$OUTDIR/logs/" 2>/dev/null
+mv "$OUTDIR/verdict.log" "$OUTDIR/logs/"
+[ -d "$OUTDIR/check" ] && mv "$OUTDIR/check" "$OUTDIR/logs/"
+tar czf "$OUTDIR/logs.tar.gz" -C "$OUTDIR" logs && rm -rf "$OUTDIR/logs"
