@@ -233,12 +233,11 @@ def test_benchmark_in_two_processes_trains_each_run_once(bench, tmp_path, capsys
     helper = (out / "workers" / "1.log").read_text()
     for text in (printed, helper):  # both end with the whole table
         assert "SASRec-2" in text and "Paired comparisons with SASRec-2" in text
-    # 4 tuning runs and 4 test runs, each trained once (its first epoch is logged once), by
-    # both processes (each wrote the lock of a run it trained)
+    # 4 tuning runs and 4 test runs, each trained once (its first epoch is logged once); which
+    # process trained how many depends on how fast the helper starts
     logs = [path.read_text() for path in (tmp_path / "log").rglob("*.log")]
     assert sum(text.count("epoch 0 training") for text in logs) == 8
-    owners = {path.read_text() for path in (out / "locks").glob("*.lock")}
-    assert len(owners) == 2
+    assert len(list((out / "locks").glob("*.lock"))) == 8
     assert set(json.loads((out / "tuning" / "tuning.json").read_text())["chosen"]) == {
         "SASRec-1", "SASRec-2"}
     assert not list(out.rglob("*.tmp"))
