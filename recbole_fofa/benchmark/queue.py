@@ -88,9 +88,11 @@ class RunQueue:
                 held.append(name)
                 continue
             try:
-                if self.bar is not None:
-                    self.bar.set_postfix_str(name)
-                record = job.run()
+                record = job.finished()  # stored by its holder between the look and the hold
+                if record is None:
+                    if self.bar is not None:
+                        self.bar.set_postfix_str(name)
+                    record = job.run()
             finally:
                 handle.close()  # closing the file releases the flock
             self._record(name, record)

@@ -525,9 +525,6 @@ def _job(path, key, variant, seed, context, after=(), options=None):
     prefix = "tuning__" if path.parent.parent.name == "tuning" else ""
 
     def run():
-        stored = _finished(path, key)  # stored by another process since the queue looked
-        if stored is not None:
-            return stored
         record = run_one(variant, seed, key=key, stem=path.stem, **context, **(options or {}))
         _write_json(path, record)
         if record["status"] == "ok":
