@@ -557,25 +557,28 @@ class _Tuning:
         self.grid, self.seeds = grid, list(tuning_seeds)
         self.output = Path(context["output_dir"]) / "tuning"
         self.metric = str(context["common"].get("valid_metric") or "NDCG@10").lower()
-        self.models = {v.label: v.model for v in variants}
         self.points = {v.label: tuning.points_for(grid, v.model) for v in variants}
         self.jobs, self.names, keys = [], {}, {}
+
+        def checkpoint(label, point, seed):  # a referenced label's run at its own point
+            own = self.own(label, point)
+            return _checkpoint_path(context["output_dir"], self.stem(label, own, seed),
+                                    keys[label, tuning.point_slug(own), seed])
+
         for variant in variants:
             for point in self.points[variant.label]:
                 for seed in self.seeds:
                     run = _bound(Variant(variant.label, variant.model,
                                          {**variant.overrides, **point}, variant.kind),
-                                 lambda label, point=point, seed=seed: _checkpoint_path(
-                                     context["output_dir"], self.stem(label, self.own(label, point),
-                                                                      seed),
-                                     keys[label, self.slug(label, point), seed]))
+                                 lambda label, point=point, seed=seed: checkpoint(label, point,
+                                                                                  seed))
                     key = _run_key(run, seed, data, context["config_file_list"],
                                    context["common"], None, tuning_run=True)
-                    keys[variant.label, self.slug(variant.label, point), seed] = key
+                    keys[variant.label, tuning.point_slug(point), seed] = key
                     after = [self.stem(label, self.own(label, point), seed)
                              for label in references(variant).values()]
-                    job = _job(self.output / "runs" / f"{self.stem(variant.label, point, seed)}"
-                               ".json", key, run, seed, context, after,
+                    path = self.output / "runs" / f"{self.stem(variant.label, point, seed)}.json"
+                    job = _job(path, key, run, seed, context, after,
                                dict(search_budgets=[], tuning_run=True))
                     self.names.setdefault(variant.label, []).append((job.name, point))
                     self.jobs.append(job)
@@ -587,9 +590,6 @@ class _Tuning:
     def own(self, label, point):
         """The part of ``point`` that applies to ``label`` (a referenced model's own point)."""
         return {k: v for k, v in point.items() if k in self.points[label][0]}
-
-    def slug(self, label, point):
-        return tuning.point_slug(self.own(label, point))
 
     def finished(self, label, records) -> bool:
         return all(name in records for name, _ in self.names[label])
