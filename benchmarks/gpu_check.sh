@@ -14,17 +14,8 @@
 # (`pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl NAME==VERSION`). Env: PYTHON (default python3), OUTDIR (logs; default $OUT or
 # a temporary folder), T_TESTS, T_EPOCH, T_CLI (seconds).
 set -u
-ROOT=$PWD
-PY=${PYTHON:-python3}
+source benchmarks/gpu_env.sh
 OUTDIR=${OUTDIR:-${OUT:-$(mktemp -d)}}
-if compgen -G ".whl/*.whl" > /dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$ROOT
-else
-  export PYTHONPATH=$ROOT
-fi
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::FutureWarning
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 $PY -c "import torch, recbole, recbole_fofa; print('torch', torch.__version__, 'cuda',
 torch.cuda.is_available(), 'gpus', torch.cuda.device_count(), 'nccl',

@@ -12,20 +12,11 @@
 # python3), JOBS (default 12), LIMIT (default 420 s), CHECK (default 1), OUT (default: a
 # temporary folder).
 set -u
-ROOT=$PWD
-PY=${PYTHON:-python3}
+source benchmarks/gpu_env.sh
 OUTDIR=${OUT:-$(mktemp -d)}
 JOBS=${JOBS:-12}
 LIMIT=${LIMIT:-420}
 FOLDER=benchmarks/results/verdict
-if compgen -G ".whl/*.whl" > /dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$ROOT
-else
-  export PYTHONPATH=$ROOT
-fi
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::FutureWarning
 if [ "${CHECK:-1}" = 1 ]; then
   mkdir -p "$OUTDIR/check"
   T_TESTS=150 T_EPOCH=90 T_CLI=120 OUTDIR="$OUTDIR/check" bash benchmarks/gpu_check.sh \
