@@ -13,7 +13,8 @@ from conftest import cli_flags
 from recbole_fofa import cli
 from recbole_fofa.benchmark import queue, runner, tuning, workers
 from recbole_fofa.benchmark.runner import run_benchmark
-from recbole_fofa.trainer import PluginTrainerMixin
+from recbole_fofa.benchmark.status import run_status
+from recbole_fofa.trainer import PluginTrainerMixin, progress
 
 
 @pytest.fixture
@@ -252,3 +253,30 @@ def test_jobs_flag_is_checked():
         cli.main(["--model=SASRec", "--jobs=2"])
     assert workers._without_jobs(["--benchmark", "--jobs=2", "--jobs", "3", "--x=1"]) == [
         "--benchmark", "--x=1"]
+
+
+def test_run_status_reads_finished_and_cut_runs(tmp_path):
+    out = tmp_path / "out"
+    training = [{"stage": "train", "epochs": 22, "max_epochs": 400, "best_epoch": 11,
+                 "stopped_early": True}]
+    (out / "tuning" / "runs").mkdir(parents=True)
+    (out / "runs").mkdir()
+    (out / "tuning" / "runs" / "SASRec-6__learning_rate=0.001__seed9.json").write_text(
+        json.dumps({"status": "ok", "valid": {"ndcg@10": 0.07}, "training": training}))
+    (out / "runs" / "SASRec-6__seed1.json").write_text(json.dumps(
+        {"status": "ok", "valid": {"ndcg@10": 0.07}, "test": {"ndcg@10": 0.06},
+         "training": training, "device": "cpu"}))
+    progress.write({"version": progress.VERSION, "stage_ends": [("supernet", 31, 200, 20, True)],
+                    "valid_scores": [("supernet", 0.05), ("adapt", 0.06), ("adapt", 0.071),
+                                     ("adapt", 0.069)]},
+                   out / "progress" / "ForwardOFA__seed1-abc123.pt")
+    rows = {row["run"]: row for row in run_status(out)}
+    assert rows["SASRec-6__learning_rate=0.001__seed9"]["kind"] == "tuning"
+    test = rows["SASRec-6__seed1"]
+    assert (test["test ndcg@10"], test["epochs"], test["best epoch"]) == (0.06, "train 22",
+                                                                         "train 11")
+    cut = rows["ForwardOFA__seed1"]
+    assert cut["status"] == "stage adapt: 3 validations" and cut["valid ndcg@10"] == 0.071
+    assert (cut["epochs"], cut["best epoch"]) == ("supernet 31", "supernet 20")
+    with pytest.raises(ValueError, match="no benchmark output folder"):
+        run_status(tmp_path / "missing")

@@ -1,0 +1,26 @@
+"""Where a benchmark stands: its finished runs and the runs cut mid-training, from its folder.
+
+Usage: python benchmarks/run_status.py [OUTPUT]   (default benchmarks/results/verdict)
+
+Reads the output folder only (recbole_fofa.benchmark.status): tuning runs (valid NDCG@10),
+test runs (valid and test), and each progress file's stage, validations so far and best valid
+score so far. Resume the benchmark with the command that started it.
+"""
+
+import sys
+
+from recbole_fofa.benchmark.status import run_status
+from recbole_fofa.table import format_table
+
+
+def main(argv):
+    folder = argv[0] if argv else "benchmarks/results/verdict"
+    rows = run_status(folder)
+    if not rows:
+        print(f"{folder}: no runs yet")
+        return
+    print(format_table(rows, style="markdown"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

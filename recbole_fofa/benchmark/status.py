@@ -1,0 +1,59 @@
+"""Where a benchmark that spans sessions stands: its finished runs and its runs cut mid-training,
+read from the output folder alone (nothing is trained or evaluated).
+
+``python benchmarks/run_status.py <output>`` prints it as a table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+from recbole_fofa.trainer import progress
+
+__all__ = ["run_status"]
+
+
+def _finished(path: Path, kind: str) -> Dict[str, Any]:
+    record = json.loads(path.read_text())
+    training = record.get("training") or []
+    metric = (record.get("valid") or {}).get("ndcg@10")
+    return {
+        "run": path.stem, "kind": kind, "status": record.get("status"),
+        "valid ndcg@10": metric, "test ndcg@10": (record.get("test") or {}).get("ndcg@10"),
+        "epochs": "; ".join(f"{e['stage']} {e['epochs']}" for e in training),
+        "best epoch": "; ".join(f"{e['stage']} {e['best_epoch']}" for e in training),
+        "stopped early": "; ".join(str(e["stopped_early"]) for e in training),
+        "device": record.get("device", ""),
+    }
+
+
+def _in_progress(path: Path) -> Dict[str, Any]:
+    state = progress.read(path)
+    scores = state["valid_scores"]
+    stage = scores[-1][0] if scores else ""
+    in_stage = [score for name, score in scores if name == stage]
+    finished = {end[0]: end for end in state["stage_ends"]}
+    return {
+        "run": path.stem.rsplit("-", 1)[0], "kind": "in progress",
+        "status": f"stage {stage}: {len(in_stage)} validations",
+        "valid ndcg@10": max(in_stage) if in_stage else None, "test ndcg@10": None,
+        "epochs": "; ".join(f"{name} {end[1]}" for name, end in finished.items()),
+        "best epoch": "; ".join(f"{name} {end[3]}" for name, end in finished.items()),
+        "stopped early": "", "device": "",
+    }
+
+
+def run_status(output_dir) -> List[Dict[str, Any]]:
+    """One row per run of the benchmark in ``output_dir``: finished tuning and test runs (their
+    best valid NDCG@10, test NDCG@10 for test runs, epochs, best epoch and how each stage
+    ended) and runs cut mid-training (the stage they are in, validations so far in it and the
+    best valid score so far; the finished stages)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise ValueError(f"{output_dir}: no benchmark output folder there")
+    rows = [_finished(path, "tuning") for path in sorted(output_dir.glob("tuning/runs/*.json"))]
+    rows += [_finished(path, "test") for path in sorted(output_dir.glob("runs/*.json"))]
+    rows += [_in_progress(path) for path in sorted(output_dir.glob("progress/*.pt"))]
+    return rows
