@@ -2,7 +2,7 @@
 # The verdict benchmark (issue 19; docs/benchmarks.md, "The verdict benchmark") on a lent GPU
 # machine, as one command for the device tool, run from the repository root:
 #   1. the GPU checks (benchmarks/gpu_check.sh, with short limits; CHECK=0 skips them);
-#   2. the verdict's runs in JOBS processes that share the GPU and the stored runs, stopped
+#   2. the verdict's runs (benchmarks/verdict.sh) in JOBS processes that share the GPU and the stored runs, stopped
 #      after LIMIT seconds (a run cut there keeps its progress file: the next session, on CPUs
 #      or a GPU, resumes it from its last validated epoch);
 #   3. every file the runs added or changed in benchmarks/results/verdict, packed into
@@ -27,11 +27,8 @@ fi
 MARK=$(mktemp)  # files newer than this are what the runs wrote
 WORK=$(mktemp -d)  # RecBole writes log/ and saved/ into the working directory
 start=$SECONDS
-(cd "$WORK" && timeout -k 30 "$LIMIT" $PY -m recbole_fofa --benchmark --jobs="$JOBS" \
-  --model=SASRec-6,SASRec-3,SASRec-2,ForwardOFA,ForwardOFA-fromSASRec --seeds=3 \
-  --dataset=ml-100k --config_files="$ROOT/properties/main.yaml $ROOT/properties/converge.yaml" \
-  --routing --tune="{learning_rate: [0.001, 0.002, 0.004]}" --tuning_seeds=1 \
-  --output="$ROOT/$FOLDER") > "$OUTDIR/verdict.log" 2>&1
+(cd "$WORK" && PY=$PY timeout -k 30 "$LIMIT" bash "$ROOT/benchmarks/verdict.sh" --jobs="$JOBS") \
+  > "$OUTDIR/verdict.log" 2>&1
 echo "== verdict benchmark: rc $? after $((SECONDS - start)) s (124: stopped at LIMIT)"
 tail -c 3000 "$OUTDIR/verdict.log"
 find "$FOLDER" -type f -newer "$MARK" ! -path "*/locks/*" ! -path "*/workers/*" \
