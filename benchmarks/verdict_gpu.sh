@@ -14,6 +14,7 @@
 set -u
 source benchmarks/gpu_env.sh
 OUTDIR=${OUT:-$(mktemp -d)}
+mkdir -p "$OUTDIR"
 JOBS=${JOBS:-12}
 LIMIT=${LIMIT:-420}
 FOLDER=benchmarks/results/verdict
