@@ -20,6 +20,7 @@ import contextlib
 import copy
 import datetime
 import errno
+import gc
 import os
 import signal
 import socket
@@ -266,8 +267,14 @@ def worker_threads(nproc):
 
 
 def destroy():
-    """Leave the process group (a no-op when none is initialised)."""
+    """Leave the process group (a no-op when none is initialised).
+
+    Objects that hold the group are collected first: a trainer and its model form reference
+    cycles, so a finished run's DDP wrapper (its reducer keeps the group and gloo's work objects)
+    would otherwise outlive the group and be freed during interpreter shutdown, where gloo's
+    threads can abort the process (SIGABRT, "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -8,6 +8,7 @@ same optimizer steps up to floating-point summation order, and :data:`METRIC_TOL
 documented agreement of their metrics.
 """
 
+import gc
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -391,6 +393,24 @@ def test_a_config_that_does_not_fit_the_joined_group_is_an_error(monkeypatch):
         distributed.init_device(values)
         assert values["device"] == torch.device("cpu") and values["single_spec"] is False
     finally:
+        distributed.destroy()
+
+
+def test_leaving_the_group_frees_a_ddp_wrapper_held_in_a_reference_cycle():
+    distributed.init_process_group("gloo", 0, 1, "localhost", distributed.free_port(), 10)
+    automatic = gc.isenabled()
+    gc.disable()  # only destroy() may collect the cycle
+    try:
+        holder = {"model": torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))}
+        holder["self"] = holder  # as a trainer and its model: freed by the collector only
+        wrapper = weakref.ref(holder["model"])
+        del holder
+        assert wrapper() is not None
+        distributed.destroy()
+        assert wrapper() is None and not torch.distributed.is_initialized()
+    finally:
+        if automatic:
+            gc.enable()
         distributed.destroy()
 
 
