@@ -6,15 +6,9 @@
 # the table and the comparisons and writes comparisons.csv; on finished runs it trains nothing.
 # PY: the Python that has recbole_fofa (default python3).
 #
-# Protocol changes, each for every model (docs/benchmarks.md, "The verdict benchmark"): the
-# learning-rate grid was [0.001, 0.002, 0.004] until SASRec-6's tuning chose its top; it was then
-# extended to 0.008 (valid scores of the tuning seed only, before any test seed had finished).
-# Tuning then ran on seed 2023 alone, and SASRec-6 at its choice (0.004) stalled (valid NDCG@10
-# near 0.02-0.03 from the first epochs) on test seed 2021 (early-stopped at its best valid, 0.027, against 0.075 on seed 2020)
-# and was on the way there on 2022 (0.025 after 6 epochs): one tuning seed cannot see an
-# unstable learning rate, so tuning takes two seeds, 2023 and 2024, chosen by the mean valid
-# score. The tuning seeds are written out so that more test seeds later (skip
-# 2023 and 2024: --seeds=2020,2021,2022,2025,...) leave them as they are.
+# Its protocol changes so far (the grid extended to 0.008; two tuning seeds instead of one) and
+# why: docs/benchmarks.md, "The verdict benchmark". The tuning seeds are written out so that more
+# test seeds later leave them as they are (skip them: --seeds=2020,2021,2022,2025,...).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 exec ${PY:-python3} -m recbole_fofa --benchmark \
   --model=SASRec-6,ForwardOFA,ForwardOFA-fromSASRec,SASRec-3,SASRec-2 --seeds=3 \
