@@ -3,8 +3,8 @@
 # machine, as one command for the device tool, run from the repository root:
 #   1. the GPU checks (benchmarks/gpu_check.sh, with short limits; CHECK=0 skips them);
 #   2. the verdict's runs (benchmarks/verdict.sh) in JOBS processes that share the GPU and
-#      the stored runs, stopped after LIMIT seconds (a run cut there keeps its progress file: the next session, on CPUs
-#      or a GPU, resumes it from its last validated epoch);
+#      the stored runs, stopped after LIMIT seconds (a run cut there keeps its progress file:
+#      the next session, on CPUs or a GPU, resumes it from its last validated epoch);
 #   3. every file the runs added or changed in benchmarks/results/verdict, packed into
 #      $OUT/verdict.tar.gz: unpack it at the repository root here (tar xzf verdict.tar.gz) and
 #      commit the folder; the logs (checks, benchmark, helpers) in $OUT/logs.tar.gz.
