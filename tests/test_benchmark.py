@@ -9,7 +9,7 @@ import torch
 from conftest import cli_flags
 
 from recbole_fofa import cli
-from recbole_fofa.benchmark import runner
+from recbole_fofa.benchmark import runner, stats
 from recbole_fofa.benchmark.runner import Variant, resolve_variants, run_benchmark
 from recbole_fofa.table import format_cell, format_table
 
@@ -65,6 +65,9 @@ def test_two_models_two_seeds_end_to_end(bench, tmp_path, capfd):
     ndcg = next(r for r in comparisons if r["metric"] == "ndcg@10")
     assert ndcg["n_seeds"] == "2" and ndcg["verdict"] in ("better", "no difference", "worse")
     assert float(ndcg["ci_low"]) <= float(ndcg["mean_diff"]) <= float(ndcg["ci_high"])
+    assert float(ndcg["target_mde"]) == stats.TARGET_MDE
+    assert int(ndcg["seeds_needed"]) == stats.seeds_needed(float(ndcg["sd_diff"]))
+    assert f"seeds for MDE {stats.TARGET_MDE}" in report.comparison_table()
     assert "NDCG@10 - SASRec-1 [95% CI]" in report.table()
     for record in report.records:
         for metric, values in record["per_user"].items():

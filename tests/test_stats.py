@@ -43,6 +43,20 @@ def test_minimum_detectable_difference_matches_the_power_formula():
     assert math.isnan(stats.min_detectable_difference(0.011, 1))
 
 
+def test_seeds_needed_is_the_fewest_seeds_that_reach_the_target():
+    for sd in (0.009, 0.011, 0.02):
+        n = stats.seeds_needed(sd, 0.005)
+        assert stats.min_detectable_difference(sd, n) <= 0.005
+        assert stats.min_detectable_difference(sd, n - 1) > 0.005
+    # the verdict's 4-epoch spreads (sd 0.009 to 0.011) need about 28 to 40 seeds
+    assert 27 <= stats.seeds_needed(0.009) <= 30 and 38 <= stats.seeds_needed(0.011) <= 42
+    assert stats.seeds_needed(0.0) == 2
+    assert math.isnan(stats.seeds_needed(math.nan))
+    assert math.isnan(stats.seeds_needed(1.0, 1e-4))  # beyond MAX_SEEDS
+    with pytest.raises(ValueError, match="target must be > 0"):
+        stats.seeds_needed(0.01, 0.0)
+
+
 def test_user_permutation_test_finds_a_planted_shift_and_not_noise():
     rng = np.random.default_rng(0)
     ref = rng.binomial(1, 0.3, size=900).astype(float)

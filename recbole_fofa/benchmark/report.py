@@ -177,10 +177,12 @@ class BenchmarkReport:
     def comparison_table(self, style: str = "text") -> str:
         rows = [[c["model"], c["metric"], c["n_seeds"], _signed(c["mean_diff"]),
                  _interval(c["ci_low"], c["ci_high"]), _p(c["p_value"]), c["verdict"],
-                 _signed(c["mde"]).lstrip("+"), _ratio(c["macs_ratio"]), c["users_significant"]]
+                 _signed(c["mde"]).lstrip("+"), _count(c["seeds_needed"]),
+                 _ratio(c["macs_ratio"]), c["users_significant"]]
                 for c in self.comparisons()]
         return format_table(rows, ["model", "metric", "seeds", "mean diff", "95% CI", "p",
-                                   "verdict", "MDE", "MACs ratio", "users p<0.05"], style=style)
+                                   "verdict", "MDE", f"seeds for MDE {stats.TARGET_MDE}",
+                                   "MACs ratio", "users p<0.05"], style=style)
 
     def search_table(self, style: str = "text") -> str:
         rows = [[p["budget"], p["kind"], _pm(p["ndcg@10_mean"], p["ndcg@10_std"]),
@@ -271,7 +273,9 @@ class BenchmarkReport:
                       "Per metric: the mean of the per-seed differences (model - reference) with "
                       "its 95% t interval over seeds and the paired t test's p; the verdict is "
                       "better/worse only when the interval excludes 0; MDE is the smallest "
-                      "difference these seeds detect with 80% power; users: per-seed paired "
+                      "difference these seeds detect with 80% power, and the next column how "
+                      "many seeds would detect the target difference at the same spread; "
+                      "users: per-seed paired "
                       "permutation tests over the same test users significant at 5% "
                       "(comparisons.csv has every column).", "",
                       self.comparison_table("markdown"), ""]
@@ -326,6 +330,10 @@ def _interval(low, high, digits=4):
 
 def _p(value):
     return "-" if math.isnan(value) else f"{value:.3g}"
+
+
+def _count(value):
+    return "-" if isinstance(value, float) and math.isnan(value) else str(value)
 
 
 def _ratio(value):

@@ -16,13 +16,18 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["COMPARISON_COLUMNS", "compare", "min_detectable_difference", "seed_interval",
-           "user_permutation_p", "verdict", "write_comparisons"]
+__all__ = ["COMPARISON_COLUMNS", "TARGET_MDE", "compare", "min_detectable_difference",
+           "seed_interval", "seeds_needed", "user_permutation_p", "verdict", "write_comparisons"]
 
 COMPARISON_COLUMNS = ["model", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
                       "ci_high", "p_value", "verdict", "sd_diff", "mde", "model_mean",
-                      "reference_mean", "macs_ratio", "user_p_values", "users_significant"]
+                      "reference_mean", "macs_ratio", "user_p_values", "users_significant",
+                      "target_mde", "seeds_needed"]
 TOO_FEW_SEEDS = "too few seeds"
+#: the difference the verdict benchmark must be able to detect (issue 19: 0.005 NDCG@10)
+TARGET_MDE = 0.005
+#: where :func:`seeds_needed` stops looking
+MAX_SEEDS = 10_000
 
 
 def seed_interval(diffs: Sequence[float], confidence: float = 0.95):
@@ -52,6 +57,24 @@ def min_detectable_difference(sd: float, n_seeds: int, alpha: float = 0.05,
     df = n_seeds - 1
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd
                  / math.sqrt(n_seeds))
+
+
+def seeds_needed(sd: float, target: float = TARGET_MDE, alpha: float = 0.05,
+                 power: float = 0.8) -> float:
+    """The fewest seeds whose :func:`min_detectable_difference` at spread ``sd`` is at most
+    ``target``: how many seeds a comparison needs, from the spread a pilot measured. NaN when
+    ``sd`` is unknown or more than :data:`MAX_SEEDS` would be needed."""
+    if target <= 0:
+        raise ValueError(f"seeds_needed: target must be > 0, got {target}")
+    if not math.isfinite(sd):
+        return math.nan
+    n = 2
+    if sd > 0:  # the normal approximation is a lower bound for the t-based count
+        z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+        n = max(2, math.floor((z * sd / target) ** 2))
+    while n <= MAX_SEEDS and min_detectable_difference(sd, n, alpha, power) > target:
+        n += 1
+    return n if n <= MAX_SEEDS else math.nan
 
 
 def user_permutation_p(model_values, reference_values, n_resamples: int = 9999,
@@ -92,13 +115,15 @@ def _by_label_and_seed(records: Iterable[Mapping]) -> Dict[str, Dict[int, Mappin
 
 
 def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
-            confidence: float = 0.95, n_resamples: int = 9999) -> List[dict]:
+            confidence: float = 0.95, n_resamples: int = 9999,
+            target_mde: float = TARGET_MDE) -> List[dict]:
     """One row per (model, metric) for every label in ``records`` but ``reference``: the paired
     comparison over the seeds both finished (see :data:`COMPARISON_COLUMNS`).
 
     A record is a benchmark run file: ``label``, ``seed``, ``test`` (metric -> value) and, when it
     stored them, ``per_user`` (metric -> list of per-user values, same users in every run).
-    ``macs_ratio`` is the model's mean MACs over the reference's (when both report ``macs``).
+    ``macs_ratio`` is the model's mean MACs over the reference's (when both report ``macs``);
+    ``seeds_needed`` is how many seeds would bring the MDE down to ``target_mde`` at this spread.
     """
     runs = _by_label_and_seed(records)
     if reference not in runs:
@@ -137,6 +162,8 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
                 "user_p_values": ";".join(f"{value:.4g}" for value in user_p),
                 "users_significant": (f"{sum(v < 1 - confidence for v in user_p)}/{len(user_p)}"
                                       if user_p else ""),
+                "target_mde": target_mde,
+                "seeds_needed": seeds_needed(sd, target_mde, 1 - confidence),
             })
     return rows
 
