@@ -3,6 +3,7 @@ output shared by benchmark processes, changed data and unreadable files (issues 
 
 import json
 import os
+import runpy
 import threading
 import time
 
@@ -13,7 +14,7 @@ from conftest import cli_flags
 from recbole_fofa import cli
 from recbole_fofa.benchmark import queue, runner, tuning, workers
 from recbole_fofa.benchmark.runner import run_benchmark
-from recbole_fofa.benchmark.status import run_status
+from recbole_fofa.benchmark.status import finished_runs, run_status
 from recbole_fofa.trainer import PluginTrainerMixin, progress
 
 
@@ -280,3 +281,43 @@ def test_run_status_reads_finished_and_cut_runs(tmp_path):
     assert (cut["epochs"], cut["best epoch"]) == ("supernet 31", "supernet 20")
     with pytest.raises(ValueError, match="no benchmark output folder"):
         run_status(tmp_path / "missing")
+
+
+def _scored(per_user, macs):
+    return {"test": {"ndcg@10": sum(per_user) / len(per_user), "macs": macs},
+            "per_user": {"ndcg@10": per_user}}
+
+
+def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
+    """Planted: over 4 seeds ForwardOFA (at 0.4x SASRec-6's MACs) is SASRec-6 shifted by
+    -0.0006 to +0.0006, beats SASRec-3 by about 0.02 and its own fixed sub-network by 0.01; the
+    oracle gains about 0.03 more. ForwardOFA-fromSASRec has no runs and is skipped."""
+    goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                        "verdict_goals.py"))
+    (tmp_path / "runs").mkdir()
+    base = [0.0] * 50 + [1.0] * 50
+    for seed, shift in zip((1, 2, 3, 4), (-0.0006, -0.0002, 0.0002, 0.0006)):
+        oracle = _scored([v + 0.03 + shift for v in base], 420.0)
+        runs = {
+            "SASRec-6": _scored(base, 1000.0),
+            "SASRec-3": _scored([v - 0.02 + shift for v in base], 500.0),
+            "ForwardOFA": dict(_scored([v + shift for v in base], 400.0), routing={
+                "searched_at_own_macs": _scored([v + shift - 0.01 for v in base], 400.0),
+                "oracle": dict(oracle, macs=oracle["test"].pop("macs"))}),
+        }
+        for label, run in runs.items():
+            run.update(label=label, seed=seed, status="ok")
+            (tmp_path / "runs" / f"{label}__seed{seed}.json").write_text(json.dumps(run))
+    assert len(finished_runs(tmp_path)) == 12
+    rows = goals["goal_rows"](finished_runs(tmp_path))
+    assert [row[1] for row in rows] == [
+        "ForwardOFA - SASRec-6", "ForwardOFA - SASRec-3", "ForwardOFA - ForwardOFA search@own",
+        "ForwardOFA - SASRec-6", "ForwardOFA oracle - ForwardOFA"]
+    by_goal = {row[0]: row for row in rows}
+    assert all(row[2] == 4 for row in rows)
+    assert by_goal["same quality at half the cost"][4] == "0.40x"
+    assert by_goal["same quality at half the cost"][-1] == "met"
+    assert by_goal["better than a static model of equal cost"][-1] == "met"
+    assert by_goal["per-user structure pays"][-1] == "met"
+    assert by_goal["beyond: better than SASRec-6 at half the cost"][-1] == "not met"
+    assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0300, +0.0300]")

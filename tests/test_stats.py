@@ -57,6 +57,16 @@ def test_seeds_needed_is_the_fewest_seeds_that_reach_the_target():
         stats.seeds_needed(0.01, 0.0)
 
 
+def test_a_goal_is_met_only_when_the_interval_clears_its_bound_within_the_cost():
+    row = {"ci_low": -0.004, "ci_high": 0.006, "macs_ratio": 0.45}
+    assert stats.goal_result(row, bound=-0.005, max_macs_ratio=0.5) == "met"
+    assert stats.goal_result(row, bound=0.0, max_macs_ratio=0.5) == "not met"
+    assert stats.goal_result(row, bound=-0.005, max_macs_ratio=0.4) == "not met"
+    assert stats.goal_result(dict(row, macs_ratio=math.nan), -0.005, 0.5) == "not met"
+    assert stats.goal_result(dict(row, macs_ratio=math.nan), -0.005) == "met"
+    assert stats.goal_result(dict(row, ci_low=math.nan), -0.005) == stats.TOO_FEW_SEEDS
+
+
 def test_user_permutation_test_finds_a_planted_shift_and_not_noise():
     rng = np.random.default_rng(0)
     ref = rng.binomial(1, 0.3, size=900).astype(float)

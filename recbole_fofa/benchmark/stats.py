@@ -16,8 +16,9 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["COMPARISON_COLUMNS", "TARGET_MDE", "compare", "min_detectable_difference",
-           "seed_interval", "seeds_needed", "user_permutation_p", "verdict", "write_comparisons"]
+__all__ = ["COMPARISON_COLUMNS", "TARGET_MDE", "compare", "goal_result",
+           "min_detectable_difference", "seed_interval", "seeds_needed", "user_permutation_p",
+           "verdict", "write_comparisons"]
 
 COMPARISON_COLUMNS = ["model", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
                       "ci_high", "p_value", "verdict", "sd_diff", "mde", "model_mean",
@@ -104,6 +105,18 @@ def verdict(low: float, high: float) -> str:
     if high < 0:
         return "worse"
     return "no difference"
+
+
+def goal_result(row: Mapping, bound: float, max_macs_ratio: float = math.inf) -> str:
+    """Whether a comparison (a row of :func:`compare`) meets a goal fixed before the test runs:
+    "met" when its interval's lower end lies above ``bound`` and the model costs at most
+    ``max_macs_ratio`` of the reference's MACs, "not met" otherwise, ``TOO_FEW_SEEDS`` when the
+    interval is not defined yet."""
+    if not (math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"])):
+        return TOO_FEW_SEEDS
+    if math.isfinite(max_macs_ratio) and not row["macs_ratio"] <= max_macs_ratio:
+        return "not met"  # a NaN ratio (MACs unknown) cannot show the cost half of the goal
+    return "met" if row["ci_low"] > bound else "not met"
 
 
 def _by_label_and_seed(records: Iterable[Mapping]) -> Dict[str, Dict[int, Mapping]]:

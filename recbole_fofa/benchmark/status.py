@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 from recbole_fofa.trainer import progress
 
-__all__ = ["run_status"]
+__all__ = ["run_status", "finished_runs"]
 
 
 def _finished(path: Path, kind: str) -> Dict[str, Any]:
@@ -45,14 +45,26 @@ def _in_progress(path: Path) -> Dict[str, Any]:
     }
 
 
+def _folder(output_dir) -> Path:
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise ValueError(f"{output_dir}: no benchmark output folder there")
+    return output_dir
+
+
+def finished_runs(output_dir) -> List[Dict[str, Any]]:
+    """The finished test runs' files (``runs/*.json``) of the benchmark in ``output_dir``: what
+    its tables and comparisons are made of."""
+    paths = sorted(_folder(output_dir).glob("runs/*.json"))
+    return [json.loads(path.read_text()) for path in paths]
+
+
 def run_status(output_dir) -> List[Dict[str, Any]]:
     """One row per run of the benchmark in ``output_dir``: finished tuning and test runs (their
     best valid NDCG@10, test NDCG@10 for test runs, epochs, best epoch and how each stage
     ended) and runs cut mid-training (the stage they are in, validations so far in it and the
     best valid score so far; the finished stages)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        raise ValueError(f"{output_dir}: no benchmark output folder there")
+    output_dir = _folder(output_dir)
     rows = [_finished(path, "tuning") for path in sorted(output_dir.glob("tuning/runs/*.json"))]
     rows += [_finished(path, "test") for path in sorted(output_dir.glob("runs/*.json"))]
     rows += [_in_progress(path) for path in sorted(output_dir.glob("progress/*.pt"))]

@@ -1,0 +1,80 @@
+"""The verdict benchmark's goals, checked on its stored test runs (trains nothing).
+
+Usage: python benchmarks/verdict_goals.py [OUTPUT]   (default benchmarks/results/verdict)
+
+The goals were fixed in issue 19 before any test seed ran; they are written here once. Each is a
+paired comparison of test NDCG@10 over the seeds both models finished (95% t interval over
+seeds, recbole_fofa.benchmark.stats) with a bound the interval's lower end must clear and, for
+some, a cost ceiling (the model's MACs over the reference's). Every ForwardOFA variant that has
+runs (ForwardOFA, ForwardOFA-fromSASRec) is checked; a model without runs yet is skipped. The
+oracle row is not a goal: it states how much per-user routing could gain on this data.
+"""
+
+import math
+import sys
+
+from recbole_fofa.benchmark import stats
+from recbole_fofa.benchmark.report import PRIMARY, BenchmarkReport
+from recbole_fofa.benchmark.status import finished_runs
+from recbole_fofa.table import format_table
+
+#: (goal, reference, lower bound of the CI, MACs ceiling); the model is each ForwardOFA variant
+GOALS = [
+    ("same quality at half the cost", "SASRec-6", -0.005, 0.5),
+    ("better than a static model of equal cost", "SASRec-3", 0.0, math.inf),
+    ("per-user structure pays", "{model} search@own", 0.0, math.inf),
+    ("beyond: better than SASRec-6 at half the cost", "SASRec-6", 0.0, 0.5),
+]
+VARIANTS = ["ForwardOFA", "ForwardOFA-fromSASRec"]
+
+
+def _compare(records, model, reference):
+    pair = [r for r in records if r["label"] in (model, reference)]
+    if {model, reference} - {r["label"] for r in pair}:
+        return None
+    rows = stats.compare(pair, reference, [PRIMARY])
+    return next((row for row in rows if row["model"] == model), None)
+
+
+def _cells(row):
+    interval = f"{row['mean_diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+    ratio = "-" if math.isnan(row["macs_ratio"]) else f"{row['macs_ratio']:.2f}x"
+    needed = "-" if isinstance(row["seeds_needed"], float) else row["seeds_needed"]
+    return [row["n_seeds"], interval, ratio, needed]
+
+
+def goal_rows(records):
+    """One row per (ForwardOFA variant, goal) whose runs exist, then the oracle's headroom."""
+    records = records + BenchmarkReport(records, {}).routing_records()
+    rows = []
+    for model in VARIANTS:
+        for goal, reference, bound, ceiling in GOALS:
+            reference = reference.format(model=model)
+            row = _compare(records, model, reference)
+            if row is None:
+                continue
+            need = f"CI low > {bound:+.3f}" + (f", MACs <= {ceiling}x" if ceiling < math.inf
+                                               else "")
+            rows.append([goal, f"{model} - {reference}", *_cells(row), need,
+                         stats.goal_result(row, bound, ceiling)])
+        row = _compare(records, f"{model} oracle", model)
+        if row is not None:
+            rows.append(["(headroom) oracle routing", f"{model} oracle - {model}",
+                         *_cells(row), "", ""])
+    return rows
+
+
+def main(argv):
+    folder = argv[0] if argv else "benchmarks/results/verdict"
+    rows = goal_rows(finished_runs(folder))
+    if not rows:
+        print(f"{folder}: no pair of models has finished test runs on common seeds yet")
+        return
+    print(format_table(rows, ["goal", "comparison (test NDCG@10)", "seeds",
+                              "mean diff [95% CI]", "MACs ratio",
+                              f"seeds for MDE {stats.TARGET_MDE}", "needs", "result"],
+                       style="markdown"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
