@@ -14,7 +14,7 @@ import math
 import sys
 
 from recbole_fofa.benchmark import stats
-from recbole_fofa.benchmark.report import PRIMARY, BenchmarkReport
+from recbole_fofa.benchmark.report import ORACLE, PRIMARY, SEARCHED, BenchmarkReport
 from recbole_fofa.benchmark.status import finished_runs
 from recbole_fofa.table import format_table
 
@@ -22,7 +22,7 @@ from recbole_fofa.table import format_table
 GOALS = [
     ("same quality at half the cost", "SASRec-6", -0.005, 0.5),
     ("better than a static model of equal cost", "SASRec-3", 0.0, math.inf),
-    ("per-user structure pays", "{model} search@own", 0.0, math.inf),
+    ("per-user structure pays", "{model} " + SEARCHED, 0.0, math.inf),
     ("beyond: better than SASRec-6 at half the cost", "SASRec-6", 0.0, 0.5),
 ]
 VARIANTS = ["ForwardOFA", "ForwardOFA-fromSASRec"]
@@ -57,9 +57,9 @@ def goal_rows(records):
                                                else "")
             rows.append([goal, f"{model} - {reference}", *_cells(row), need,
                          stats.goal_result(row, bound, ceiling)])
-        row = _compare(records, f"{model} oracle", model)
+        row = _compare(records, f"{model} {ORACLE}", model)
         if row is not None:
-            rows.append(["(headroom) oracle routing", f"{model} oracle - {model}",
+            rows.append(["(headroom) oracle routing", f"{model} {ORACLE} - {model}",
                          *_cells(row), "", ""])
     return rows
 

@@ -16,7 +16,7 @@ from recbole_fofa.benchmark import stats, tuning
 from recbole_fofa.table import format_table
 from recbole_fofa.trainer.progress import write_atomically
 
-__all__ = ["BenchmarkReport", "QUALITY", "COST"]
+__all__ = ["BenchmarkReport", "COST", "ORACLE", "PRIMARY", "QUALITY", "SEARCHED"]
 
 #: the quality columns of the summary (RecBole's lower-case result keys)
 QUALITY = ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr@10"]
@@ -25,6 +25,9 @@ COST = ["macs", "params", "blocks"]
 _TIMES = ["train_s_per_epoch", "eval_s_per_1k_users"]
 #: the metric whose comparison with the reference the printed table shows
 PRIMARY = "ndcg@10"
+#: label suffixes of a routed model's derived records: its best fixed sub-network at its own
+#: MACs and the per-user routing oracle (``"<label> search@own"``, ``"<label> oracle"``)
+SEARCHED, ORACLE = "search@own", "oracle"
 
 
 def _stats(values):
@@ -74,27 +77,29 @@ class BenchmarkReport:
                 continue
             searched, oracle = routing["searched_at_own_macs"], routing["oracle"]
             for suffix, test, per_user in (
-                    ("search@own", searched["test"], searched["per_user"]),
-                    ("oracle", {**oracle["test"], "macs": oracle["macs"]}, oracle["per_user"])):
+                    (SEARCHED, searched["test"], searched["per_user"]),
+                    (ORACLE, {**oracle["test"], "macs": oracle["macs"]}, oracle["per_user"])):
                 derived.append({"label": f"{record['label']} {suffix}", "seed": record["seed"],
                                 "status": "ok", "test": test, "per_user": per_user})
         return derived
 
     def comparisons(self) -> List[Dict[str, Any]]:
         """Paired comparisons (:func:`recbole_fofa.benchmark.stats.compare`) for every quality
-        metric: each model and routing record with :attr:`reference`, and, where the runs
-        scored routing, ForwardOFA against its best fixed sub-network at the same MACs and the
-        routing oracle against ForwardOFA. Empty without a reference."""
+        metric: each model and routing record with :attr:`reference`, and, for each model whose
+        runs scored routing, the model against its best fixed sub-network at the same MACs and
+        the routing oracle against the model. Empty without a reference."""
         if self._comparisons is None:
             self._comparisons = []
             if self.reference is not None:
                 routing = self.routing_records()
                 self._comparisons = stats.compare(self.records + routing, self.reference,
                                                   QUALITY)
-                labels = {r["label"] for r in routing}
-                for model, reference in (("ForwardOFA", "ForwardOFA search@own"),
-                                         ("ForwardOFA oracle", "ForwardOFA")):
-                    if {model, reference} <= labels | {"ForwardOFA"}:
+                routed = dict.fromkeys(r["label"] for r in self.records if r.get("routing"))
+                for label in routed:
+                    for model, reference in ((label, f"{label} {SEARCHED}"),
+                                             (f"{label} {ORACLE}", label)):
+                        if reference == self.reference:
+                            continue  # compared above with every model
                         pair = [r for r in self.records + routing
                                 if r["label"] in (model, reference)]
                         self._comparisons += stats.compare(pair, reference, QUALITY)
