@@ -9,9 +9,12 @@
 # Its protocol changes so far (the grid extended to 0.008; two tuning seeds instead of one) and
 # why: docs/benchmarks.md, "The verdict benchmark". The tuning seeds are written out so that more
 # test seeds later leave them as they are (skip them: --seeds=2020,2021,2022,2025,...).
+# The last four models are the stage-2 switches' pilot (added 2026-12-05, before any of them
+# ran): not tuned, they take ForwardOFA's choice and start from its supernet of each seed.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-exec ${PY:-python3} -m recbole_fofa --benchmark \
-  --model=SASRec-6,ForwardOFA,ForwardOFA-fromSASRec,SASRec-3,SASRec-2 --seeds=3 \
+MODELS=SASRec-6,ForwardOFA,ForwardOFA-fromSASRec,SASRec-3,SASRec-2
+SWITCHES=ForwardOFA-distill,ForwardOFA-anneal,ForwardOFA-backbone1,ForwardOFA-backbone0
+exec ${PY:-python3} -m recbole_fofa --benchmark --model="$MODELS,$SWITCHES" --seeds=3 \
   --dataset=ml-100k --config_files="$ROOT/properties/main.yaml $ROOT/properties/converge.yaml" \
   --routing --tune="{learning_rate: [0.001, 0.002, 0.004, 0.008]}" --tuning_seeds=2023,2024 \
   --output="$ROOT/benchmarks/results/verdict" "$@"

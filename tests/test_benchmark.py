@@ -160,6 +160,13 @@ def test_resolve_variants():
     assert variants["ForwardOFA-4"].overrides == {"n_blocks": 4}
     assert not variants["ForwardOFA-4"].shares_supernet  # a different supernet
     assert variants["GRU4Rec"].overrides == {}
+    # the verdict's stage-2 switches: on request only, each sharing ForwardOFA's supernet
+    switches = {v.label: v for v in resolve_variants(list(runner.SWITCHES), 6)}
+    assert switches["ForwardOFA-backbone0"].overrides == {"backbone_lr_scale": 0.0}
+    assert all(v.shares_supernet and v.routed for v in switches.values())
+    assert not set(runner.SWITCHES) & {v.label for v in runner.default_variants(6)}
+    assert variants["ForwardOFA"].routed and not variants["SASRec-6"].routed
+    assert not resolve_variants(["ForwardOFA-allblocks"], 6)[0].routed  # no controller
     default = [v.label for v in runner.default_variants(6)]
     assert default[:7] == ["ForwardOFA", "ForwardOFA-shared", "ForwardOFA-nomapper",
                            "ForwardOFA-allblocks", "ForwardOFA-fromSASRec", "SASRec-2",

@@ -132,6 +132,30 @@ def test_tuning_picks_by_valid_and_the_test_runs_use_the_choice(bench, tmp_path)
     assert "chosen" in report.tuning_table()
 
 
+@pytest.mark.slow
+def test_a_tuned_switch_takes_forward_ofas_choice_and_shares_its_supernet(bench, tmp_path):
+    """A stage-2 switch is not tuned: its stage 1 is ForwardOFA's, at ForwardOFA's chosen
+    point; its test runs start stage 2 from the supernet ForwardOFA's test run stored."""
+    dataset, config = bench
+    out = tmp_path / "out"
+    report = run_benchmark(dataset, None, config, ["ForwardOFA-backbone0", "ForwardOFA"], [1],
+                           out, progress=False, search_budgets=[],
+                           tune={"learning_rate": [0.01]}, tuning_seeds=[7])
+    assert all(r["status"] == "ok" for r in report.records), report.errors()
+    runs = sorted(p.name for p in (out / "tuning" / "runs").glob("*.json"))
+    assert runs == ["ForwardOFA__learning_rate=0.01__seed7.json"]
+    chosen = json.loads((out / "tuning" / "tuning.json").read_text())["chosen"]
+    assert chosen["ForwardOFA-backbone0"]["from"] == "ForwardOFA"
+    point = chosen["ForwardOFA"]["point"]
+    assert chosen["ForwardOFA-backbone0"]["point"] == point
+    rows = {r["label"]: r for r in report.records}
+    assert rows["ForwardOFA-backbone0"]["overrides"] == {**point, "backbone_lr_scale": 0.0}
+    assert rows["ForwardOFA"]["supernet_shared"] is False
+    assert rows["ForwardOFA-backbone0"]["supernet_shared"] is True
+    assert len(list((out / "supernets").glob("supernet-*.pt"))) == 1
+    assert "from ForwardOFA" in report.tuning_table()
+
+
 class Killed(BaseException):
     """A Ctrl-C after the first validation's progress was written."""
 

@@ -62,6 +62,11 @@ class Variant:
     def shares_supernet(self) -> bool:
         return self.model == "ForwardOFA" and set(self.overrides) <= experiment.STAGE2_KEYS
 
+    @property
+    def routed(self) -> bool:
+        """A ForwardOFA with a controller: ``routing=True`` scores its per-user routing."""
+        return self.model == "ForwardOFA" and self.overrides.get("controller") != "none"
+
 
 def _forward_ofa_variants(n_blocks):
     return {
@@ -78,6 +83,16 @@ def _forward_ofa_variants(n_blocks):
     }
 
 
+#: the verdict's stage-2 switches (docs/design-notes.md, "The verdict protocol and its
+#: switches"): run on request (``--model``), never by default; each shares ForwardOFA's supernet
+SWITCHES = {
+    "ForwardOFA-distill": {"adapt_distill_weight": 1.0},
+    "ForwardOFA-anneal": {"gumbel_noise_end": 0.0, "controller_init_keep": 0.9},
+    "ForwardOFA-backbone1": {"backbone_lr_scale": 1.0},
+    "ForwardOFA-backbone0": {"backbone_lr_scale": 0.0},
+}
+
+
 def default_variants(n_blocks: int) -> List[Variant]:
     """ForwardOFA, its three ablations, SASRec at 2 and at ``n_blocks`` layers, and
     :data:`BASELINES`."""
@@ -87,9 +102,12 @@ def default_variants(n_blocks: int) -> List[Variant]:
 
 
 def resolve_variants(names: Sequence[str], n_blocks: int) -> List[Variant]:
-    """Variants for ``names``: a default label (``ForwardOFA-shared``), ``<Model>-<N>`` (a
-    RecBole model with ``n_layers: N``; ForwardOFA with ``n_blocks: N``), or a model name."""
+    """Variants for ``names``: a default label (``ForwardOFA-shared``), a switch of
+    :data:`SWITCHES`, ``<Model>-<N>`` (a RecBole model with ``n_layers: N``; ForwardOFA with
+    ``n_blocks: N``), or a model name."""
     known = {v.label: v for v in default_variants(n_blocks)}
+    known.update({label: Variant(label, "ForwardOFA", dict(overrides), "ablation")
+                  for label, overrides in SWITCHES.items()})
     variants = []
     for name in names:
         if name in known:
@@ -237,8 +255,7 @@ def _run_key(variant, seed, data, config_file_list, common, search_budgets, rout
     """``data``: ``(dataset, data key)``; a tuning run neither tests nor searches."""
     parts = [list(data), sorted(common.items()), variant.model,
              sorted(variant.overrides.items()), seed]
-    parts += ["tuning"] if tuning_run else [search_budgets, routing and variant.label ==
-                                            "ForwardOFA"]
+    parts += ["tuning"] if tuning_run else [search_budgets, routing and variant.routed]
     return settings_key(*parts, config_file_list=config_file_list)
 
 
@@ -259,9 +276,11 @@ def _routing(trained, macs):
 
 
 def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir, supernets,
-            search_budgets, routing=False, key=None, stem=None, tuning_run=False):
+            search_budgets, routing=False, key=None, stem=None, tuning_run=False, share=None):
     """Train, time and test one (variant, seed); returns the run record (a JSON-able dict).
 
+    ``share``: whether the run starts stage 2 from the stored supernet of its seed (and stores
+    its own when there is none); default ``variant.shares_supernet``.
     ``key``: the run's settings key; ``stem``: its file name stem. The run keeps its progress
     in ``output_dir/progress/<stem>-<key>.pt`` (an interrupted run resumes from its last
     validated epoch; the file is removed when the run ends) and its best checkpoint in
@@ -276,10 +295,11 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
     try:
         settings = _run_settings(variant, seed, common, budget, output_dir)
         shared = None
+        share = variant.shares_supernet if share is None else share
         # a run with progress of its own resumes it (to the uninterrupted numbers) rather than
         # starting stage 2 again from the supernet it stored
-        if variant.shares_supernet and not tuning_run and not progress_file.is_file():
-            shared = supernets.load(seed)
+        if share and not tuning_run and not progress_file.is_file():
+            shared = supernets.load(seed, variant)
         trained = experiment.train(
             variant.model, dataset, config_file_list, settings,
             supernet=None if shared is None else shared["state"],
@@ -297,8 +317,8 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
                           epochs={st: len(v) for st, v in trained.epoch_seconds.items()})
             record["wall_s"] = time.perf_counter() - start
             return record
-        if variant.shares_supernet and shared is None and trained.supernet is not None:
-            supernets.store(seed, trained.supernet,
+        if share and shared is None and trained.supernet is not None:
+            supernets.store(seed, variant, trained.supernet,
                             trained.epoch_seconds.get(Stage.SUPERNET.value, []))
         trained.evaluate(trained.test_data)  # first call: cost measurement and warm-up
         test, eval_seconds = trained.evaluate(trained.test_data)
@@ -315,7 +335,7 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             training=trained.trainer.training_summary(),
             per_user=trained.trainer.per_user_results(),
         )
-        if variant.label == "ForwardOFA" and routing:
+        if variant.routed and routing:
             try:  # as the search: a failure leaves the trained run's row intact
                 record["routing"] = _routing(trained, test["macs"])
             except Exception as err:
@@ -333,16 +353,19 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
 
 
 class _Supernets:
-    """Stage-1 backbones by seed, on disk so that a resumed benchmark reuses them."""
+    """Stage-1 backbones by seed and stage-1 settings (a variant's overrides that are not
+    stage-2 keys: a tuned learning rate), on disk so that a resumed benchmark reuses them."""
 
     def __init__(self, folder, key_of):
         self.folder, self.key_of = Path(folder), key_of
 
-    def _path(self, seed):
-        return self.folder / f"supernet-{self.key_of(seed)}.pt"
+    def _path(self, seed, variant):
+        stage1 = sorted((k, v) for k, v in variant.overrides.items()
+                        if k not in experiment.STAGE2_KEYS)
+        return self.folder / f"supernet-{self.key_of(seed, stage1)}.pt"
 
-    def load(self, seed):
-        path = self._path(seed)
+    def load(self, seed, variant):
+        path = self._path(seed, variant)
         if not path.is_file():
             return None
         try:
@@ -351,8 +374,8 @@ class _Supernets:
             _set_aside(path, err)
             return None
 
-    def store(self, seed, state, seconds):
-        write_atomically(self._path(seed), lambda f: torch.save(
+    def store(self, seed, variant, state, seconds):
+        write_atomically(self._path(seed, variant), lambda f: torch.save(
             {"state": state, "seconds": list(seconds)}, f))
 
 
@@ -436,21 +459,30 @@ def run_benchmark(
         variants = _in_dependency_order(default_variants(n_blocks) if not models
                                         else resolve_variants(list(models), n_blocks))
         reference = check_reference(reference, variants, n_blocks)
-        supernets = _Supernets(output_dir / "supernets",
-                               lambda seed: settings_key(list(data), sorted(common.items()), seed,
-                                                         config_file_list=config_file_list))
+        by_label = {v.label: v for v in variants}
+        supernets = _Supernets(output_dir / "supernets", lambda seed, stage1: settings_key(
+            list(data), sorted(common.items()), seed, *([stage1] if stage1 else []),
+            config_file_list=config_file_list))
         context = dict(dataset=dataset, config_file_list=config_file_list, common=common,
                        budget=budget, output_dir=output_dir, supernets=supernets)
         bar = tqdm(total=0, desc="benchmark", unit="run", disable=not progress, ncols=100)
         queue = RunQueue(output_dir, bar)
-        tuned = _Tuning(variants, grid, tuning_seeds, data, context) if grid else None
+        # who shares a supernet is decided on the variants' own overrides, before tuning adds
+        # a point; with a grid the sharer's fellows are not tuned but take its choice, since
+        # their stage 1 is its own (a stage-2 switch is measured at the sharer's settings)
+        # the sharer: plain ForwardOFA when it runs, else the first of them
+        sharing = sorted((v.label for v in variants if v.shares_supernet),
+                         key=lambda label: bool(by_label[label].overrides))
+        sharer = sharing[0] if sharing else None
+        inheriting = set(sharing[1:]) if grid else set()
+        tuned = (_Tuning([v for v in variants if v.label not in inheriting], grid, tuning_seeds,
+                         data, context) if grid else None)
         if tuned:
             queue.add(tuned.jobs)
-        keys, chosen, pending = {}, {}, list(variants)
-        sharer = next((v.label for v in variants if v.shares_supernet), None)
+        keys, chosen, pending, final = {}, {}, list(variants), {}
 
         def starts_from(variant):  # the labels whose run of the same seed this one needs first
-            shared = [sharer] if variant.shares_supernet and variant.label != sharer else []
+            shared = [sharer] if variant.label in sharing[1:] else []
             return [*references(variant).values(), *shared]
 
         test_options = dict(search_budgets=list(search_budgets), routing=routing)
@@ -459,13 +491,18 @@ def run_benchmark(
             for variant in list(pending):
                 if set(starts_from(variant)) & {v.label for v in pending}:
                     continue
-                if tuned:
+                if variant.label in inheriting:  # its sharer is chosen: it is not pending
+                    chosen[variant.label] = {**chosen[sharer], "rows": [], "from": sharer}
+                    overrides = {**chosen[sharer]["point"], **variant.overrides}
+                elif tuned:
                     if not tuned.finished(variant.label, queue.records):
                         continue
                     chosen[variant.label] = tuned.choose(variant.label, queue.records)
-                    variant = Variant(variant.label, variant.model,
-                                      {**variant.overrides, **chosen[variant.label]["point"]},
-                                      variant.kind)
+                    overrides = {**variant.overrides, **chosen[variant.label]["point"]}
+                else:
+                    overrides = variant.overrides
+                variant = final[variant.label] = Variant(variant.label, variant.model, overrides,
+                                                         variant.kind)
                 pending = [v for v in pending if v.label != variant.label]
                 ready.append(variant)
             jobs = []  # a tuned model's test runs come right behind its tuning runs
@@ -478,8 +515,9 @@ def run_benchmark(
                     after = [_file_stem(label, seed) for label in starts_from(variant)]
                     jobs.append((seeds.index(seed), _job(
                         runs_dir / f"{_file_stem(variant.label, seed)}.json",
-                        keys[variant.label, seed], bound, seed, context, after, test_options)))
-                if tuned:
+                        keys[variant.label, seed], bound, seed, context, after,
+                        dict(test_options, share=variant.label in sharing))))
+                if tuned and variant.label in tuned.names:
                     queue.add([job for _, job in jobs], behind=tuned.names[variant.label][-1][0])
                     jobs = []
             queue.add([job for _, job in sorted(jobs, key=lambda pair: pair[0])])
@@ -487,8 +525,7 @@ def run_benchmark(
                 if queue.done:  # cannot happen: every model is tuned once its runs are stored
                     raise RuntimeError(f"benchmark: {[v.label for v in pending]} never ready")
                 queue.step()
-        variants = [Variant(v.label, v.model, {**v.overrides, **chosen[v.label]["point"]},
-                            v.kind) if v.label in chosen else v for v in variants]
+        variants = [final[v.label] for v in variants]
         if tuned:
             tuned.write(chosen)
         bar.close()

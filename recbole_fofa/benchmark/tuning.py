@@ -78,9 +78,14 @@ def choose(records: Sequence[Dict[str, Any]], points, metric: str, bigger=True):
 
 
 def tuning_rows(tuning: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Flat rows (label, point, seeds, valid mean, std, chosen) of every model's tuning."""
+    """Flat rows (label, point, seeds, valid mean, std, chosen) of every model's tuning; a model
+    that took another's choice (``from``) has one row saying whose."""
     out = []
     for label, entry in tuning.items():
+        if entry.get("from"):
+            out.append({"model": label, "point": point_slug(entry["point"]), "seeds": 0,
+                        f"valid {entry['metric']}": math.nan, "std": math.nan,
+                        "chosen": f"from {entry['from']}"})
         for row in entry["rows"]:
             out.append({"model": label, "point": point_slug(row["point"]),
                         "seeds": row["seeds"], f"valid {entry['metric']}": row["mean"],
