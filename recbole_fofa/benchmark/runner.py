@@ -94,8 +94,8 @@ SWITCHES = {
 
 
 def default_variants(n_blocks: int) -> List[Variant]:
-    """ForwardOFA, its three ablations, SASRec at 2 and at ``n_blocks`` layers, and
-    :data:`BASELINES`."""
+    """ForwardOFA, its ablations (``ForwardOFA-fromSASRec`` among them; not the switches),
+    SASRec at 2 and at ``n_blocks`` layers, and :data:`BASELINES`."""
     sasrec = [Variant(f"SASRec-{n}", "SASRec", {"n_layers": n}) for n in sorted({2, n_blocks})]
     return [*_forward_ofa_variants(n_blocks).values(), *sasrec,
             *[Variant(name, name) for name in BASELINES]]
@@ -468,9 +468,8 @@ def run_benchmark(
         bar = tqdm(total=0, desc="benchmark", unit="run", disable=not progress, ncols=100)
         queue = RunQueue(output_dir, bar)
         # who shares a supernet is decided on the variants' own overrides, before tuning adds
-        # a point; with a grid the sharer's fellows are not tuned but take its choice, since
-        # their stage 1 is its own (a stage-2 switch is measured at the sharer's settings)
-        # the sharer: plain ForwardOFA when it runs, else the first of them
+        # a point. The sharer (plain ForwardOFA when it runs) trains stage 1; with a grid its
+        # fellows are not tuned but take its choice, since their stage 1 is its own
         sharing = sorted((v.label for v in variants if v.shares_supernet),
                          key=lambda label: bool(by_label[label].overrides))
         sharer = sharing[0] if sharing else None
