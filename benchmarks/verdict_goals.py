@@ -14,7 +14,13 @@ import math
 import sys
 
 from recbole_fofa.benchmark import stats
-from recbole_fofa.benchmark.report import ORACLE, PRIMARY, SEARCHED, BenchmarkReport
+from recbole_fofa.benchmark.report import (
+    ORACLE,
+    PRIMARY,
+    SEARCHED,
+    BenchmarkReport,
+    comparison_text,
+)
 from recbole_fofa.benchmark.status import finished_runs
 from recbole_fofa.table import format_table
 
@@ -37,10 +43,8 @@ def _compare(records, model, reference):
 
 
 def _cells(row):
-    interval = f"{row['mean_diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
-    ratio = "-" if math.isnan(row["macs_ratio"]) else f"{row['macs_ratio']:.2f}x"
-    needed = "-" if isinstance(row["seeds_needed"], float) else row["seeds_needed"]
-    return [row["n_seeds"], interval, ratio, needed]
+    text = comparison_text(row)
+    return [row["n_seeds"], text["difference"], text["macs_ratio"], text["seeds_needed"]]
 
 
 def goal_rows(records):

@@ -16,7 +16,8 @@ from recbole_fofa.benchmark import stats, tuning
 from recbole_fofa.table import format_table
 from recbole_fofa.trainer.progress import write_atomically
 
-__all__ = ["BenchmarkReport", "COST", "ORACLE", "PRIMARY", "QUALITY", "SEARCHED"]
+__all__ = ["BenchmarkReport", "COST", "ORACLE", "PRIMARY", "QUALITY", "SEARCHED",
+           "comparison_text"]
 
 #: the quality columns of the summary (RecBole's lower-case result keys)
 QUALITY = ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr@10"]
@@ -345,6 +346,13 @@ def _ratio(value):
     return "-" if math.isnan(value) else f"{value:.2f}x"
 
 
+def comparison_text(row) -> Dict[str, str]:
+    """A comparison row (:func:`~recbole_fofa.benchmark.stats.compare`) as table text: the
+    difference with its interval, the MACs ratio and the seeds needed for the target MDE."""
+    return {"difference": f"{_signed(row['mean_diff'])} {_interval(row['ci_low'], row['ci_high'])}",
+            "macs_ratio": _ratio(row["macs_ratio"]), "seeds_needed": _count(row["seeds_needed"])}
+
+
 def _comparison_cells(comparison, is_reference):
     """The table's comparison cells of one model: the difference with its interval, the verdict
     and the minimum detectable difference."""
@@ -352,6 +360,5 @@ def _comparison_cells(comparison, is_reference):
         return ["(reference)", "", ""]
     if comparison is None:
         return ["-", "", ""]
-    return [f"{_signed(comparison['mean_diff'])} "
-            f"{_interval(comparison['ci_low'], comparison['ci_high'])}", comparison["verdict"],
+    return [comparison_text(comparison)["difference"], comparison["verdict"],
             _signed(comparison["mde"]).lstrip("+")]
