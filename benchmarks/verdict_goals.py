@@ -7,7 +7,8 @@ paired comparison of test NDCG@10 over the seeds both models finished (95% t int
 seeds, recbole_fofa.benchmark.stats) with a bound the interval's lower end must clear and, for
 some, a cost ceiling (the model's MACs over the reference's). Every ForwardOFA variant that has
 runs (ForwardOFA, ForwardOFA-fromSASRec) is checked; a model without runs yet is skipped. The
-oracle row is not a goal: it states how much per-user routing could gain on this data.
+oracle row is not a goal: it states how much per-user routing could gain on this data; nor are
+the sensitivity rows (:data:`SENSITIVITY`), which repeat a goal against another reference.
 """
 
 import math
@@ -32,6 +33,10 @@ GOALS = [
     ("beyond: better than SASRec-6 at half the cost", "SASRec-6", 0.0, 0.5),
 ]
 VARIANTS = ["ForwardOFA", "ForwardOFA-fromSASRec"]
+#: a sensitivity check, not a goal (decided 2026-12-05, after SASRec-6's tuned learning rate,
+#: 0.004, stalled on two of its three test seeds): each goal against SASRec-6 is also checked
+#: against SASRec-6 at the grid's runner-up on valid, which trained on both tuning seeds
+SENSITIVITY = {"SASRec-6": "SASRec-6@learning_rate=0.002"}
 
 
 def _compare(records, model, reference):
@@ -54,13 +59,15 @@ def goal_rows(records):
     for model in VARIANTS:
         for goal, reference, bound, ceiling in GOALS:
             reference = reference.format(model=model)
-            row = _compare(records, model, reference)
-            if row is None:
-                continue
             need = f"CI low > {bound:+.3f}" + (f", MACs <= {ceiling}x" if ceiling < math.inf
                                                else "")
-            rows.append([goal, f"{model} - {reference}", *_cells(row), need,
-                         stats.goal_result(row, bound, ceiling)])
+            for other in [reference, *([SENSITIVITY[reference]] if reference in SENSITIVITY
+                                       else [])]:
+                row = _compare(records, model, other)
+                if row is not None:
+                    rows.append([goal if other == reference else f"(sensitivity) {goal}",
+                                 f"{model} - {other}", *_cells(row), need,
+                                 stats.goal_result(row, bound, ceiling)])
         row = _compare(records, f"{model} {ORACLE}", model)
         if row is not None:
             rows.append(["(headroom) oracle routing", f"{model} {ORACLE} - {model}",

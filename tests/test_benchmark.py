@@ -174,6 +174,18 @@ def test_resolve_variants():
     assert {"GRU4Rec", "BERT4Rec", "Caser", "NextItNet", "LightSANs"} <= set(default)
     with pytest.raises(ValueError, match="twice"):
         resolve_variants(["SASRec-2", "SASRec-2"], 6)
+    # pins: fixed settings on any label, values read as YAML
+    pinned = resolve_variants(["SASRec-6@learning_rate=0.002@dropout_prob=0.3",
+                               "ForwardOFA-backbone0@learning_rate=1e-3"], 6)
+    assert pinned[0] == Variant("SASRec-6@learning_rate=0.002@dropout_prob=0.3", "SASRec",
+                                {"n_layers": 6, "learning_rate": 0.002, "dropout_prob": 0.3},
+                                "baseline")
+    assert pinned[1].overrides == {"backbone_lr_scale": 0.0, "learning_rate": 0.001}
+    assert pinned[1].kind == "ablation" and not pinned[1].shares_supernet
+    for bad in ("SASRec-6@", "SASRec-6@learning_rate", "SASRec-6@lr=", "@lr=1", "SASRec-6@a b=1",
+                "SASRec-6@lr=1@lr=2"):
+        with pytest.raises(ValueError, match=r"benchmark model .*(LABEL@key=value|no model)"):
+            resolve_variants([bad], 6)
     with pytest.raises(ValueError, match="seeds"):
         run_benchmark("x", seeds=[1, 1])
 

@@ -40,6 +40,12 @@ def test_grid_points_apply_per_model_and_choice_is_by_mean_valid():
     assert rows[0]["mean"] == pytest.approx(0.4) and rows[1]["seeds"] == 2
     records[2]["status"] = "error"  # a point with a failed run is never chosen
     assert tuning.choose(records, points, "ndcg@10")[0] == points[0]
+    # a model whose own settings fix every key that applies to it keeps them, untuned
+    assert tuning.pinned_point(grid, "SASRec", {"learning_rate": 0.002, "n_layers": 6}) == {
+        "learning_rate": 0.002}
+    assert tuning.pinned_point(grid, "ForwardOFA", {"learning_rate": 0.002}) is None
+    assert tuning.pinned_point(grid, "SASRec", {"n_layers": 6}) is None
+    assert tuning.pinned_point({"ForwardOFA.x": [1]}, "SASRec", {"x": 1}) is None  # no key
     for bad in ({}, {"learning_rate": []}, {"learning_rate": [1, 1]}, {"a b": [1]}, [1]):
         with pytest.raises(ValueError, match="--tune"):
             tuning.check_grid(bad)
@@ -130,6 +136,28 @@ def test_tuning_picks_by_valid_and_the_test_runs_use_the_choice(bench, tmp_path)
     assert report.records[0]["overrides"]["learning_rate"] == best["point"]["learning_rate"]
     assert "## Tuning" in (out / "benchmark.md").read_text()
     assert "chosen" in report.tuning_table()
+
+
+@pytest.mark.slow
+def test_a_pinned_model_is_not_tuned_and_keeps_its_settings(bench, tmp_path):
+    dataset, config = bench
+    out = tmp_path / "out"
+    report = run_benchmark(dataset, None, config, ["SASRec-1", "SASRec-1@learning_rate=0.0001"],
+                           [1], out, progress=False, search_budgets=[],
+                           tune={"learning_rate": [0.01]}, tuning_seeds=[7])
+    runs = sorted(p.name for p in (out / "tuning" / "runs").glob("*.json"))
+    assert runs == ["SASRec-1__learning_rate=0.01__seed7.json"]
+    rows = {r["label"]: r for r in report.records}
+    assert rows["SASRec-1"]["overrides"]["learning_rate"] == 0.01
+    assert rows["SASRec-1@learning_rate=0.0001"]["overrides"]["learning_rate"] == 0.0001
+    assert rows["SASRec-1@learning_rate=0.0001"]["test"]["ndcg@10"] != rows["SASRec-1"]["test"][
+        "ndcg@10"]
+    chosen = json.loads((out / "tuning" / "tuning.json").read_text())["chosen"]
+    assert chosen["SASRec-1@learning_rate=0.0001"] == {
+        "point": {"learning_rate": 0.0001}, "rows": [], "metric": "ndcg@10", "pinned": True}
+    table = report.tuning_table()
+    assert "pinned" in table and "learning_rate=0.0001" in table
+    assert (out / "runs" / "SASRec-1@learning_rate=0.0001__seed1.json").is_file()
 
 
 @pytest.mark.slow
@@ -316,7 +344,8 @@ def _scored(per_user, macs):
 def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     """Planted: over 4 seeds ForwardOFA (at 0.4x SASRec-6's MACs) is SASRec-6 shifted by
     -0.0006 to +0.0006, beats SASRec-3 by about 0.02 and its own fixed sub-network by 0.01; the
-    oracle gains about 0.03 more. ForwardOFA-fromSASRec has the same runs on seeds 1 and 2 only
+    oracle gains about 0.03 more; the sensitivity reference (SASRec-6 at another learning rate)
+    sits 0.01 below SASRec-6. ForwardOFA-fromSASRec has the same runs on seeds 1 and 2 only
     (too few seeds for goals that need more)."""
     goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
                                         "verdict_goals.py"))
@@ -327,6 +356,7 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
         runs = {
             "SASRec-6": _scored(base, 1000.0),
             "SASRec-3": _scored([v - 0.02 + shift for v in base], 500.0),
+            "SASRec-6@learning_rate=0.002": _scored([v - 0.01 for v in base], 1000.0),
             "ForwardOFA": dict(_scored([v + shift for v in base], 400.0), routing={
                 "searched_at_own_macs": _scored([v + shift - 0.01 for v in base], 400.0),
                 "oracle": dict(oracle, macs=oracle["test"].pop("macs"))}),
@@ -337,20 +367,26 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
             run.update(label=label, seed=seed, status="ok")
             (tmp_path / "runs" / f"{label}__seed{seed}.json").write_text(json.dumps(run))
     records = finished_runs(tmp_path)
-    assert len(records) == 14
+    assert len(records) == 18
     rows = goals["goal_rows"](records)
-    assert [row[1] for row in rows[:5]] == [
-        "ForwardOFA - SASRec-6", "ForwardOFA - SASRec-3", "ForwardOFA - ForwardOFA search@own",
-        "ForwardOFA - SASRec-6", "ForwardOFA oracle - ForwardOFA"]
-    assert [row[2] for row in rows] == [4] * 5 + [2] * 5
+    sensitivity = "ForwardOFA - SASRec-6@learning_rate=0.002"
+    assert [row[1] for row in rows[:7]] == [
+        "ForwardOFA - SASRec-6", sensitivity, "ForwardOFA - SASRec-3",
+        "ForwardOFA - ForwardOFA search@own", "ForwardOFA - SASRec-6", sensitivity,
+        "ForwardOFA oracle - ForwardOFA"]
+    assert [row[2] for row in rows] == [4] * 7 + [2] * 7
+    # against the weaker sensitivity reference both SASRec-6 goals are met, the last one too
+    assert [row[0] for row in rows if row[1] == sensitivity] == [
+        "(sensitivity) same quality at half the cost",
+        "(sensitivity) beyond: better than SASRec-6 at half the cost"]
+    assert [row[-1] for row in rows if row[1] == sensitivity] == ["met", "met"]
     # the benchmark's report pairs every routed model with its own search and oracle
     pairs = {(c["model"], c["reference"])
              for c in BenchmarkReport(records, {"reference": "SASRec-6"}).comparisons()}
     assert {("ForwardOFA-fromSASRec", "ForwardOFA-fromSASRec search@own"),
             ("ForwardOFA-fromSASRec oracle", "ForwardOFA-fromSASRec"),
             ("ForwardOFA", "ForwardOFA search@own")} <= pairs
-    rows = rows[:5]
-    by_goal = {row[0]: row for row in rows}
+    by_goal = {row[0]: row for row in rows[:7]}
     assert by_goal["same quality at half the cost"][4] == "0.40x"
     assert by_goal["same quality at half the cost"][-1] == "met"
     assert by_goal["better than a static model of equal cost"][-1] == "met"

@@ -29,6 +29,7 @@ from recbole_fofa import experiment
 from recbole_fofa.benchmark import tuning
 from recbole_fofa.benchmark.queue import Job, RunQueue
 from recbole_fofa.benchmark.report import BenchmarkReport
+from recbole_fofa.compat import literal_config_value
 from recbole_fofa.config import Config
 from recbole_fofa.model import Stage
 from recbole_fofa.trainer.progress import write_atomically
@@ -101,15 +102,39 @@ def default_variants(n_blocks: int) -> List[Variant]:
             *[Variant(name, name) for name in BASELINES]]
 
 
+def _pins(name):
+    """``(label, {key: value})`` of ``<label>@key=value[@key=value...]`` (each value read as a
+    command-line flag's is); a ValueError names a malformed pin."""
+    label, *pins = name.split("@")
+    settings = {}
+    for pin in pins:
+        key, sep, text = pin.partition("=")
+        if not (sep and key.isidentifier() and text.strip()) or key in settings:
+            raise ValueError(f"benchmark model {name!r}: write a model with fixed settings as "
+                             "LABEL@key=value[@key=value...], each key once, e.g. "
+                             "SASRec-6@learning_rate=0.002")
+        settings[key] = literal_config_value(text.strip())
+    if not label:
+        raise ValueError(f"benchmark model {name!r}: no model label before '@'")
+    return label, settings
+
+
 def resolve_variants(names: Sequence[str], n_blocks: int) -> List[Variant]:
     """Variants for ``names``: a default label (``ForwardOFA-shared``), a switch of
     :data:`SWITCHES`, ``<Model>-<N>`` (a RecBole model with ``n_layers: N``; ForwardOFA with
-    ``n_blocks: N``), or a model name."""
+    ``n_blocks: N``), or a model name; any of these followed by ``@key=value`` pins (fixed
+    settings, which a tuned benchmark leaves as they are: ``SASRec-6@learning_rate=0.002``)."""
     known = {v.label: v for v in default_variants(n_blocks)}
     known.update({label: Variant(label, "ForwardOFA", dict(overrides), "ablation")
                   for label, overrides in SWITCHES.items()})
     variants = []
     for name in names:
+        base, pins = _pins(name)
+        if pins:
+            variant = resolve_variants([base], n_blocks)[0]
+            variants.append(Variant(name, variant.model, {**variant.overrides, **pins},
+                                    variant.kind))
+            continue
         if name in known:
             variants.append(known[name])
             continue
@@ -474,8 +499,11 @@ def run_benchmark(
                          key=lambda label: bool(by_label[label].overrides))
         sharer = sharing[0] if sharing else None
         inheriting = set(sharing[1:]) if grid else set()
-        tuned = (_Tuning([v for v in variants if v.label not in inheriting], grid, tuning_seeds,
-                         data, context) if grid else None)
+        # a model whose own settings fix its grid point (``@key=value``) is not tuned
+        pinned = {v.label: point for v in variants if grid and v.label not in inheriting
+                  for point in [tuning.pinned_point(grid, v.model, v.overrides)] if point}
+        tuned = (_Tuning([v for v in variants if v.label not in inheriting | pinned.keys()],
+                         grid, tuning_seeds, data, context) if grid else None)
         if tuned:
             queue.add(tuned.jobs)
         keys, chosen, pending, final = {}, {}, list(variants), {}
@@ -493,6 +521,11 @@ def run_benchmark(
                 if variant.label in inheriting:  # its sharer is chosen: it is not pending
                     chosen[variant.label] = {**chosen[sharer], "rows": [], "from": sharer}
                     overrides = {**chosen[sharer]["point"], **variant.overrides}
+                elif variant.label in pinned:
+                    chosen[variant.label] = {"point": pinned[variant.label], "rows": [],
+                                             "metric": tuned.metric,
+                                             "pinned": True}
+                    overrides = variant.overrides
                 elif tuned:
                     if not tuned.finished(variant.label, queue.records):
                         continue

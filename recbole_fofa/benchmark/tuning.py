@@ -13,7 +13,7 @@ import math
 import statistics
 from typing import Any, Dict, List, Sequence
 
-__all__ = ["check_grid", "choose", "points_for", "point_slug", "tuning_rows"]
+__all__ = ["check_grid", "choose", "pinned_point", "points_for", "point_slug", "tuning_rows"]
 
 
 def check_grid(grid) -> Dict[str, List[Any]]:
@@ -42,6 +42,15 @@ def points_for(grid, model: str) -> List[Dict[str, Any]]:
             if "." not in k or k.rpartition(".")[0] == model]
     return [dict(zip([name for _, name in keys], values))
             for values in itertools.product(*(grid[k] for k, _ in keys))]
+
+
+def pinned_point(grid, model: str, overrides: Dict[str, Any]) -> Dict[str, Any] | None:
+    """The point a model's own settings fix (``overrides`` set every grid key that applies to
+    it: ``SASRec-6@learning_rate=0.002``), which it keeps untuned; None when it is tuned."""
+    keys = list(points_for(grid, model)[0])
+    if keys and all(k in overrides for k in keys):
+        return {k: overrides[k] for k in keys}
+    return None
 
 
 def point_slug(point: Dict[str, Any]) -> str:
@@ -79,13 +88,14 @@ def choose(records: Sequence[Dict[str, Any]], points, metric: str, bigger=True):
 
 def tuning_rows(tuning: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Flat rows (label, point, seeds, valid mean, std, chosen) of every model's tuning; a model
-    that took another's choice (``from``) has one row saying whose."""
+    that took another's choice (``from``) has one row saying whose, one with its own fixed
+    point (``pinned``) one saying so."""
     out = []
     for label, entry in tuning.items():
-        if entry.get("from"):
+        if entry.get("from") or entry.get("pinned"):
             out.append({"model": label, "point": point_slug(entry["point"]), "seeds": 0,
                         f"valid {entry['metric']}": math.nan, "std": math.nan,
-                        "chosen": f"from {entry['from']}"})
+                        "chosen": f"from {entry['from']}" if entry.get("from") else "pinned"})
         for row in entry["rows"]:
             out.append({"model": label, "point": point_slug(row["point"]),
                         "seeds": row["seeds"], f"valid {entry['metric']}": row["mean"],
