@@ -109,6 +109,10 @@ def test_compare_pairs_by_seed_and_writes_the_csv(tmp_path):
     assert fofa["mean_diff"] == pytest.approx(0.02, abs=1e-3)
     assert fofa["ci_low"] > 0 and fofa["macs_ratio"] == pytest.approx(0.5)
     assert fofa["users_significant"] == "4/4"
+    per_seed = dict(item.split(":") for item in fofa["seed_diffs"].split(";"))
+    assert list(per_seed) == ["1", "2", "3", "4"]
+    assert np.mean([float(v) for v in per_seed.values()]) == pytest.approx(fofa["mean_diff"],
+                                                                          abs=1e-4)
     assert rows["Same"]["verdict"] == "no difference" and rows["Same"]["user_p_values"] == ""
     path = stats.write_comparisons(list(rows.values()), tmp_path / "comparisons.csv")
     with path.open() as handle:

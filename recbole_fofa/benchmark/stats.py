@@ -23,7 +23,7 @@ __all__ = ["COMPARISON_COLUMNS", "TARGET_MDE", "compare", "goal_result",
 COMPARISON_COLUMNS = ["model", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
                       "ci_high", "p_value", "verdict", "sd_diff", "mde", "model_mean",
                       "reference_mean", "macs_ratio", "user_p_values", "users_significant",
-                      "target_mde", "seeds_needed"]
+                      "target_mde", "seeds_needed", "seed_diffs"]
 TOO_FEW_SEEDS = "too few seeds"
 #: the difference the verdict benchmark must be able to detect (issue 19: 0.005 NDCG@10)
 TARGET_MDE = 0.005
@@ -177,6 +177,8 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
                                       if user_p else ""),
                 "target_mde": target_mde,
                 "seeds_needed": seeds_needed(sd, target_mde, 1 - confidence),
+                # each seed's difference: one run that stalls shows here, not only in the spread
+                "seed_diffs": ";".join(f"{s}:{d:+.4f}" for s, d in zip(seeds, diffs)),
             })
     return rows
 
