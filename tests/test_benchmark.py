@@ -79,6 +79,12 @@ def test_two_models_two_seeds_end_to_end(bench, tmp_path, capfd):
         for end in ends:
             assert 1 <= end["best_epoch"] <= end["epochs"] <= end["max_epochs"]
             assert end["stopped_early"] == (end["epochs"] < end["max_epochs"])
+            # one validation per epoch (eval_step 1); the best is the stored valid score
+            curve = record["valid_curve"][end["stage"]]
+            assert len(curve) == end["epochs"]
+        last = record["valid_curve"][ends[-1]["stage"]]
+        assert max(last) == pytest.approx(record["valid"]["ndcg@10"], abs=5e-5)
+        assert last.index(max(last)) + 1 <= ends[-1]["best_epoch"]
     # quiet console: no model dump or per-epoch lines, no library warnings
     out, err = capfd.readouterr()
     assert "Trainable parameters" not in out + err and "FutureWarning" not in out + err

@@ -216,6 +216,7 @@ def test_an_interrupted_benchmark_run_resumes_mid_training(bench, tmp_path, monk
     assert record["torch_threads"] == torch.get_num_threads()
     assert record["test"] == whole.records[0]["test"]
     assert record["training"] == whole.records[0]["training"]
+    assert record["valid_curve"] == whole.records[0]["valid_curve"]
     assert not list((moved / "progress").glob("*.pt"))  # dropped once the run is stored
     assert len(list((moved / "saved").glob("*.pth"))) == 1 and not out.exists()
 

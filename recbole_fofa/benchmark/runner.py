@@ -339,6 +339,7 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
         if tuning_run:
             record.update(valid=trained.best_valid_result,
                           training=trained.trainer.training_summary(),
+            valid_curve=trained.trainer.valid_curve(),
                           epochs={st: len(v) for st, v in trained.epoch_seconds.items()})
             record["wall_s"] = time.perf_counter() - start
             return record
@@ -358,6 +359,7 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             supernet_shared=shared is not None,
             # how each stage ended, and the per-user test values the comparisons pair
             training=trained.trainer.training_summary(),
+            valid_curve=trained.trainer.valid_curve(),
             per_user=trained.trainer.per_user_results(),
         )
         if variant.routed and routing:

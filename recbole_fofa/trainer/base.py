@@ -229,6 +229,14 @@ class PluginTrainerMixin:
         """How training ended, per stage: a list of :class:`StageEnd` as dicts."""
         return [end._asdict() for end in self.stage_ends]
 
+    def valid_curve(self):
+        """``{stage: [valid score per validation]}`` of the stages trained here, in order: how a
+        run got to its best (a run that stalls from its first epoch shows it)."""
+        curve = {}
+        for stage, score in self.valid_scores:
+            curve.setdefault(stage, []).append(score)
+        return curve
+
     def _record_stage_end(self, stage, first_epoch, first_valid):
         epochs = sum(1 for e in self.epoch_times[first_epoch:] if e.stage == stage)
         scores = [s for st, s in self.valid_scores[first_valid:] if st == stage]
