@@ -45,6 +45,7 @@ __all__ = [
     "CostBreakdown",
     "ANALYTIC",
     "CostNotMeasurableError",
+    "InferenceFailedError",
     "ModelCost",
     "SOURCES",
     "EXTRACTORS",
@@ -80,6 +81,12 @@ class CostNotMeasurableError(ValueError):
         self.model_name = model_name
         self.reason = reason
         super().__init__(f"cannot measure the MACs of {model_name}: {reason}")
+
+
+class InferenceFailedError(CostNotMeasurableError):
+    """Raised when neither ``predict`` nor ``full_sort_predict`` ran on the model as it is now.
+    Some models can only run once training has started (RecBole's Pop counts items in its first
+    epoch), so a trainer measures such a model again at its first evaluation."""
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -219,6 +219,54 @@ def test_explicit_cost_metrics_of_an_unmeasurable_model_fail_before_training(pla
     assert trainer.train_loss_dict == {}  # no epoch ran
 
 
+def test_a_model_that_infers_only_after_training_is_measured_at_its_first_evaluation(planted):
+    """RecBole's Pop has no counts before its first epoch, so it cannot run inference yet."""
+    dataset, config = planted
+    config.update(metrics=["NDCG", "MACs", "Params"], valid_metric="NDCG@10", epochs=1)
+    cfg, net, (train, valid, test) = prepare("Pop", dataset, config_dict=config)
+    with pytest.raises(cost.InferenceFailedError, match="Pop"):
+        measure.model_cost(net, measure.one_row_interaction(train))
+    trainer = get_trainer(cfg["MODEL_TYPE"], "Pop")(cfg, net)
+    _, valid_result = trainer.fit(train, valid, saved=False)
+    result = trainer.evaluate(test, load_best_model=False)
+    fixed = trainer.eval_collector.fixed_cost(net)
+    assert fixed.source == cost.SOURCE_ELEMENTWISE  # counts / the largest count
+    assert valid_result["macs"] == result["macs"] == 0
+    assert result["params"] == fixed.params == sum(p.numel() for p in net.parameters())
+    assert result["ndcg@10"] > 0
+
+
+class BrokenSASRec(SASRec):
+    """A SASRec whose inference always fails (it trains)."""
+
+    def predict(self, interaction):
+        raise RuntimeError("no inference here")
+
+    def full_sort_predict(self, interaction):
+        raise RuntimeError("no inference here")
+
+
+def test_explicit_cost_metrics_of_a_model_that_never_infers_fail_at_its_first_evaluation(planted):
+    dataset, config = planted
+    config.update(metrics=["NDCG", "MACs"], epochs=3)
+    cfg, net, (train, valid, test) = prepare("SASRec", dataset, config_dict=config)
+    trainer = get_trainer(cfg["MODEL_TYPE"], "SASRec")(cfg, BrokenSASRec(cfg, train._dataset))
+    with pytest.raises(cost.InferenceFailedError, match="BrokenSASRec.*no inference here"):
+        trainer.fit(train, valid, saved=False)
+    assert len(trainer.train_loss_dict) == 1  # the first evaluation followed the first epoch
+
+
+def test_default_cost_metrics_of_a_model_that_never_infers_are_dropped_at_its_first_evaluation(
+        planted, caplog):
+    dataset, config = planted
+    del config["metrics"], config["valid_metric"]
+    config.update(epochs=2, state="WARNING")
+    with pytest.raises(RuntimeError, match="no inference here"):  # RecBole's own evaluation
+        _fit_and_test(config, dataset, BrokenSASRec, caplog)
+    warnings = [r.getMessage() for r in caplog.records if "not reporting" in r.getMessage()]
+    assert len(warnings) == 1 and "BrokenSASRec" in warnings[0] and "no inference" in warnings[0]
+
+
 class CountingSASRec(SASRec):
     """Counts the per-user recording hooks the trainer calls."""
 

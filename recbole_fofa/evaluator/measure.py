@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from recbole_fofa import cost
-from recbole_fofa.cost import CostNotMeasurableError, ModelCost
+from recbole_fofa.cost import CostNotMeasurableError, InferenceFailedError, ModelCost
 
 __all__ = [
     "NOT_MEASURABLE",
@@ -200,7 +200,8 @@ def _count_blocks(model) -> int:
 def _run_counted(model, interaction):
     """Count one inference on ``interaction``: ``predict``, else ``full_sort_predict``.
 
-    Returns (macs, uncounted ops, what was covered); raises CostNotMeasurableError if both fail.
+    Returns (macs, uncounted ops, what was covered); raises InferenceFailedError if both fail
+    (CostNotMeasurableError if the model has neither).
     """
     errors = []
     for method, covers in (
@@ -216,7 +217,9 @@ def _run_counted(model, interaction):
             return macs, uncounted, covers
         except (Exception, AssertionError) as exc:  # any failure: try the next call
             errors.append(f"{method}(): {type(exc).__name__}: {exc}".rstrip(": "))
-    raise CostNotMeasurableError(type(model).__name__, "; ".join(errors) or "no predict()")
+    if not errors:
+        raise CostNotMeasurableError(type(model).__name__, "no predict()")
+    raise InferenceFailedError(type(model).__name__, "; ".join(errors))
 
 
 def model_cost(model, interaction=None) -> ModelCost:
@@ -226,7 +229,8 @@ def model_cost(model, interaction=None) -> ModelCost:
     Otherwise measured on ``interaction`` (one row of the model's data, see
     :func:`one_row_interaction`) on a copy of the model in eval mode, so the model itself, its
     caches and the RNG streams are untouched. Raises :class:`CostNotMeasurableError` for the
-    classes :func:`can_cost` rejects and when neither ``predict`` nor ``full_sort_predict`` runs.
+    classes :func:`can_cost` rejects, and its :class:`InferenceFailedError` when neither ``predict``
+    nor ``full_sort_predict`` runs.
     """
     name = type(model).__name__
     analytic = cost.ANALYTIC.get(name)

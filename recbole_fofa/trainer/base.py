@@ -11,7 +11,7 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
 from recbole_fofa import checks, distributed
-from recbole_fofa.cost import CostNotMeasurableError
+from recbole_fofa.cost import CostNotMeasurableError, InferenceFailedError
 from recbole_fofa.evaluator import measure
 from recbole_fofa.evaluator.collector import CostCollector
 from recbole_fofa.evaluator.metrics import is_cost_metric
@@ -122,9 +122,12 @@ class PluginTrainerMixin:
     Mixed in front of a RecBole trainer class; RecBole's own loading and evaluation code runs
     unchanged. A fixed-size model's cost is measured once, before training (or before the first
     evaluation when ``fit`` is never called), on one real interaction of the data the trainer is
-    given. If it cannot be measured, cost metrics the plugin added by default are dropped with one
-    warning and the model runs exactly as in RecBole; cost metrics the user asked for raise
-    :class:`~recbole_fofa.cost.CostNotMeasurableError` before the first epoch.
+    given; a model that cannot run inference before it trains (RecBole's Pop counts items in its
+    first epoch) is measured again when its first evaluation starts. If it cannot be measured,
+    cost metrics the plugin added by default are dropped with one warning and the model runs
+    exactly as in RecBole; cost metrics the user asked for raise
+    :class:`~recbole_fofa.cost.CostNotMeasurableError` before the first epoch (before the first
+    evaluation for a model measured then).
     """
 
     collector_class = CostCollector
@@ -253,13 +256,15 @@ class PluginTrainerMixin:
             return result
         return super()._map_reduce(result, num_sample)
 
-    def check_cost(self, data):
-        """Measure the model's fixed cost on row 0 of ``data`` (once; see the class docstring)."""
+    def check_cost(self, data, before_training=False):
+        """Measure the model's fixed cost on row 0 of ``data`` (once; see the class docstring).
+        ``before_training``: a model whose inference fails now is measured again at the next
+        call (the first evaluation) instead of failing."""
         if self._cost_checked:
             return
-        self._cost_checked = True
         model = getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
         if not self.eval_collector.needs_cost or hasattr(model, "evaluation_costs"):
+            self._cost_checked = True
             return
         try:
             try:
@@ -267,7 +272,11 @@ class PluginTrainerMixin:
             except (TypeError, ValueError) as exc:
                 raise CostNotMeasurableError(type(model).__name__, str(exc)) from exc
             self.eval_collector.measure(model, interaction)
+            self._cost_checked = True
         except CostNotMeasurableError as err:
+            if before_training and isinstance(err, InferenceFailedError):
+                return
+            self._cost_checked = True
             if not getattr(self.config, "cost_metrics_by_default", False):
                 raise
             if is_cost_metric(self.config["valid_metric"]):
@@ -289,7 +298,7 @@ class PluginTrainerMixin:
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
-        self.check_cost(train_data)
+        self.check_cost(train_data, before_training=True)
         self.check_resumed_dataset(train_data)
         stage = self._stage()
         first_epoch, first_valid = len(self.epoch_times), len(self.valid_scores)
