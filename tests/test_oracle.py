@@ -24,6 +24,12 @@ def test_route_by_valid_picks_each_users_valid_best_and_breaks_ties_by_cost():
     assert result["test"]["ndcg@10"] == pytest.approx(2.3 / 4)
     assert result["macs"] == pytest.approx((300 + 200 + 100 + 100) / 4)
     assert result["users_per_config"] == {"a": 1, "b": 1, "c": 2}
+    assert result["tied_users"] == 0
+    # users 2 and 3 score the same on valid everywhere: routed by cost alone, to c
+    flat = np.array([[0.9, 0.1, 0.0, 0.5], [0.2, 0.8, 0.0, 0.5], [0.1, 0.1, 0.0, 0.5]])
+    tied = route_by_valid(flat, test, macs, ["a", "b", "c"])
+    assert tied["tied_users"] == 2
+    assert tied["users_per_config"] == {"a": 1, "b": 1, "c": 2}
     with pytest.raises(ValueError, match="configs, users"):
         route_by_valid(valid, test, macs[:2], ["a", "b"])
 
@@ -48,6 +54,7 @@ def test_routing_oracle_on_a_trained_forward_ofa(planted):
     result = trainer.routing_oracle(trained.valid_data, trained.test_data)
     users = len(trained.test_data._dataset)
     assert sum(result["users_per_config"].values()) == users
+    assert 0 <= result["tied_users"] <= users
     space = build_space(trained.config, trained.model.shape)
     assert set(result["users_per_config"]) <= {c.key for c in space.enumerate()}
     for metric, values in result["per_user"].items():

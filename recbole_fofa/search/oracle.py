@@ -1,8 +1,12 @@
 """The per-user routing oracle: each user's best sub-network on valid, scored on test.
 
-It bounds what any structure controller can gain on a dataset: a controller picks one
-sub-network per user from what it sees; the oracle picks the one that scored best on that user's
-own valid item. Only valid results choose; test results only score the choice.
+A controller picks one sub-network per user from what it sees; the oracle picks the one that
+scored best on that user's own valid item. Only valid results choose; test results only score
+the choice. It is a ceiling on per-user routing only as far as the valid item says anything: on a
+leave-one-out split a user has one valid item, and a user whose valid item ranks outside the
+cutoff in every sub-network scores 0 everywhere, so the tie rule alone routes them
+(``tied_users`` counts them). Where most users tie, the oracle can score below a single fixed
+sub-network.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def route_by_valid(valid: np.ndarray, test: Dict[str, np.ndarray], macs: Sequenc
     ``valid`` [configs, users]: the selection metric on valid; ``test`` {metric: [configs,
     users]}: per-user test values in the same user order; ``macs`` [configs]: each sub-network's
     encoder MACs; ``keys`` [configs]: their names. Returns the oracle's mean test value per metric,
-    its per-user test values, its mean MACs, and how many users each sub-network got.
+    its per-user test values, its mean MACs, how many users each sub-network got, and how many
+    users ``tied_users`` had the same valid value in every sub-network (routed by cost alone).
     """
     valid = np.asarray(valid, dtype=np.float64)
     macs = np.asarray(macs, dtype=np.float64)
@@ -54,4 +59,5 @@ def route_by_valid(valid: np.ndarray, test: Dict[str, np.ndarray], macs: Sequenc
         "per_user": {metric: values.tolist() for metric, values in per_user.items()},
         "macs": float(macs[choice].mean()),
         "users_per_config": {keys[i]: int(c) for i, c in enumerate(counts) if c},
+        "tied_users": int((valid == valid[:1]).all(axis=0).sum()),
     }

@@ -276,11 +276,12 @@ class ForwardOFATrainer(Trainer):
                                 controller=controller)
 
     def routing_oracle(self, valid_data, test_data, max_macs=None):
-        """Per-user routing's ceiling on this data (:mod:`recbole_fofa.search.oracle`): every
+        """Per-user routing by each user's valid item (:mod:`recbole_fofa.search.oracle`): every
         sub-network of the search space (at most ``max_macs`` MACs) is evaluated on valid and
         test with its generated parameters; each user takes the one with the best valid
         ``search_metric`` (ties: the cheaper). Returns the oracle's test metrics, per-user test
-        values, mean MACs, and users per sub-network. Costs two evaluations per sub-network."""
+        values, mean MACs, users per sub-network and the users that tied on valid everywhere.
+        Costs two evaluations per sub-network."""
         model = getattr(self.model, "module", self.model)
         metric = self.config["search_metric"].lower()
         space = build_space(self.config, model.shape)
