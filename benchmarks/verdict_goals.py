@@ -50,8 +50,8 @@ def _compare(records, model, reference):
 def _cells(row):
     text = comparison_text(row)
     per_seed = " ".join(item.partition(":")[2] for item in row["seed_diffs"].split(";"))
-    return [row["n_seeds"], text["difference"], per_seed, text["macs_ratio"],
-            text["seeds_needed"]]
+    return [row["n_seeds"], text["difference"], row["verdict"], per_seed,
+            row["users_significant"] or "-", text["macs_ratio"], text["seeds_needed"]]
 
 
 def goal_rows(records):
@@ -84,7 +84,8 @@ def main(argv):
         print(f"{folder}: no pair of models has finished test runs on common seeds yet")
         return
     print(format_table(rows, ["goal", "comparison (test NDCG@10)", "seeds",
-                              "mean diff [95% CI]", "per seed", "MACs ratio",
+                              "mean diff [95% CI]", "verdict", "per seed",
+                              "seeds with users p < 0.05", "MACs ratio",
                               f"seeds for MDE {stats.TARGET_MDE}", "needs", "result"],
                        style="markdown"))
 
