@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import os
+import runpy
 
 import pytest
 import torch
@@ -278,3 +280,17 @@ def test_routing_compares_the_controller_with_fixed_subnetworks_and_the_oracle(b
                      ("ForwardOFA oracle", "SASRec-3"), ("ForwardOFA", "ForwardOFA search@own"),
                      ("ForwardOFA oracle", "ForwardOFA")}
     assert all(c["n_seeds"] == 2 for c in report.comparisons())
+    # the structures the stored checkpoints give the test users: the tested models themselves
+    structures = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                             "structures.py"))
+    rows = structures["structure_rows"](tmp_path / "out")
+    tested = {f"ForwardOFA seed {r['seed']}": r for r in report.records
+              if r["label"] == "ForwardOFA"}
+    assert sorted(row[0] for row in rows) == sorted(tested)
+    for row in rows:
+        run = dict(zip(structures["COLUMNS"], row))
+        record = tested[run["run"]]
+        assert run["users"] == record["test_users"]
+        assert run["mean blocks"] == pytest.approx(record["test"]["blocks"], abs=1e-3)
+        assert 1 <= run["structures"] <= run["users"] and 0 < run["top share"] <= 1
+        assert len(run["top structure"]) == len(run["search@own"]) == config["n_blocks"]

@@ -29,6 +29,7 @@ from recbole_fofa import experiment
 from recbole_fofa.benchmark import tuning
 from recbole_fofa.benchmark.queue import Job, RunQueue
 from recbole_fofa.benchmark.report import BenchmarkReport
+from recbole_fofa.benchmark.status import checkpoint_path, file_stem
 from recbole_fofa.compat import literal_config_value
 from recbole_fofa.config import Config
 from recbole_fofa.model import Stage
@@ -181,10 +182,6 @@ def _bound(variant, checkpoint_of):
     return Variant(variant.label, variant.model, overrides, variant.kind)
 
 
-def _checkpoint_path(output_dir, stem, key):
-    return Path(output_dir) / "saved" / f"{stem}-{key}.pth"
-
-
 def check_reference(reference, variants, n_blocks):
     """The label the report compares every model with: ``reference``, which must be one of the
     benchmark's models, or by default SASRec at ForwardOFA's depth when it runs (else None)."""
@@ -196,10 +193,6 @@ def check_reference(reference, variants, n_blocks):
         raise ValueError(f"benchmark reference {reference!r} is not one of the benchmark's "
                          f"models {labels}: add it to --model or pick one of them")
     return reference
-
-
-def _file_stem(label: str, seed: int) -> str:
-    return f"{label}__seed{seed}"
 
 
 def _run_settings(variant, seed, common, budget, output_dir):
@@ -311,7 +304,7 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
     validated epoch; the file is removed when the run ends) and its best checkpoint in
     ``output_dir/saved/<stem>-<key>.pth``. A ``tuning_run`` is validated only: test is never
     evaluated, nothing is searched."""
-    stem = stem or _file_stem(variant.label, seed)
+    stem = stem or file_stem(variant.label, seed)
     record = {"label": variant.label, "model": variant.model, "kind": variant.kind,
               "seed": seed, "overrides": variant.overrides, "status": "ok", "error": None,
               "settings_key": key}
@@ -330,7 +323,7 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
             supernet=None if shared is None else shared["state"],
             supernet_seconds=None if shared is None else shared["seconds"],
             progress_file=progress_file,
-            checkpoint_file=_checkpoint_path(output_dir, stem, key),
+            checkpoint_file=checkpoint_path(output_dir, stem, key),
         )
         record["resumed"] = [list(r) for r in trained.trainer.resumes]
         # where it trained: runs of one benchmark may come from several machines and sessions
@@ -542,13 +535,13 @@ def run_benchmark(
             jobs = []  # a tuned model's test runs come right behind its tuning runs
             for variant in ready:
                 for seed in seeds:
-                    bound = _bound(variant, lambda label, seed=seed: _checkpoint_path(
-                        output_dir, _file_stem(label, seed), keys[label, seed]))
+                    bound = _bound(variant, lambda label, seed=seed: checkpoint_path(
+                        output_dir, file_stem(label, seed), keys[label, seed]))
                     keys[variant.label, seed] = _run_key(bound, seed, data, config_file_list,
                                                          common, list(search_budgets), routing)
-                    after = [_file_stem(label, seed) for label in starts_from(variant)]
+                    after = [file_stem(label, seed) for label in starts_from(variant)]
                     jobs.append((seeds.index(seed), _job(
-                        runs_dir / f"{_file_stem(variant.label, seed)}.json",
+                        runs_dir / f"{file_stem(variant.label, seed)}.json",
                         keys[variant.label, seed], bound, seed, context, after,
                         dict(test_options, share=variant.label in sharing))))
                 if tuned and variant.label in tuned.names:
@@ -563,7 +556,7 @@ def run_benchmark(
         if tuned:
             tuned.write(chosen)
         bar.close()
-    records = [_stored_record(runs_dir / f"{_file_stem(v.label, s)}.json", keys[v.label, s])
+    records = [_stored_record(runs_dir / f"{file_stem(v.label, s)}.json", keys[v.label, s])
                for s in seeds for v in variants]
     settings = {"dataset": dataset, "config_files": config_file_list or [],
                 "overrides": common, "seeds": seeds, "epoch_budget": budget,
@@ -633,7 +626,7 @@ class _Tuning:
 
         def checkpoint(label, point, seed):  # a referenced label's run at its own point
             own = self.own(label, point)
-            return _checkpoint_path(context["output_dir"], self.stem(label, own, seed),
+            return checkpoint_path(context["output_dir"], self.stem(label, own, seed),
                                     keys[label, tuning.point_slug(own), seed])
 
         for variant in variants:

@@ -12,7 +12,28 @@ from typing import Any, Dict, List
 
 from recbole_fofa.trainer import progress
 
-__all__ = ["run_status", "finished_runs"]
+__all__ = ["run_status", "finished_runs", "file_stem", "checkpoint_path", "run_checkpoint"]
+
+
+def file_stem(label: str, seed: int) -> str:
+    """The file name stem of a run: ``<label>__seed<seed>`` (its run file, lock and checkpoint)."""
+    return f"{label}__seed{seed}"
+
+
+def checkpoint_path(output_dir, stem: str, key: str) -> Path:
+    """Where the run ``stem`` with settings key ``key`` keeps its best checkpoint."""
+    return Path(output_dir) / "saved" / f"{stem}-{key}.pth"
+
+
+def run_checkpoint(output_dir, record) -> Path:
+    """The best checkpoint of a finished test run (a record of :func:`finished_runs`); a
+    FileNotFoundError when the benchmark did not keep it."""
+    path = checkpoint_path(output_dir, file_stem(record["label"], record["seed"]),
+                           record["settings_key"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{record['label']} seed {record['seed']}: no checkpoint at "
+                                f"{path} (the benchmark keeps them in <output>/saved/)")
+    return path
 
 
 def _finished(path: Path, kind: str) -> Dict[str, Any]:
