@@ -14,9 +14,13 @@
 # SASRec-6@learning_rate=0.002 (added 2026-12-05, after SASRec-6's tuned 0.004 stalled on two
 # of three test seeds) is a sensitivity check, not tuned: SASRec-6 at the grid's runner-up on
 # valid; benchmarks/verdict_goals.py repeats the goals against it.
+# ForwardOFA-nomapper (added 2026-12-05, before any of its runs, after ForwardOFA's test seeds
+# 2020 and 2021 showed its controller giving every test user the same structure,
+# benchmarks/structures.py) is a diagnostic, never adopted: stage 2 without the mapper, from
+# ForwardOFA's supernet of each seed, says whether the per-user parameters are what pays.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODELS=SASRec-6,ForwardOFA,ForwardOFA-fromSASRec,SASRec-3,SASRec-2,SASRec-6@learning_rate=0.002
-SWITCHES=ForwardOFA-distill,ForwardOFA-anneal,ForwardOFA-backbone1,ForwardOFA-backbone0
+SWITCHES=ForwardOFA-distill,ForwardOFA-anneal,ForwardOFA-backbone1,ForwardOFA-backbone0,ForwardOFA-nomapper
 exec ${PY:-python3} -m recbole_fofa --benchmark --model="$MODELS,$SWITCHES" --seeds=3 \
   --dataset=ml-100k --config_files="$ROOT/properties/main.yaml $ROOT/properties/converge.yaml" \
   --routing --tune="{learning_rate: [0.001, 0.002, 0.004, 0.008]}" --tuning_seeds=2023,2024 \

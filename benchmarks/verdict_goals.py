@@ -9,10 +9,17 @@ some, a cost ceiling (the model's MACs over the reference's). Every ForwardOFA v
 runs (ForwardOFA, ForwardOFA-fromSASRec) is checked; a model without runs yet is skipped. The
 oracle row is not a goal: it states how much per-user routing could gain on this data; nor are
 the sensitivity rows (:data:`SENSITIVITY`), which repeat a goal against another reference.
+
+A second table applies the switches' adoption rule (docs/design-notes.md, "The switches' pilot
+and how one is adopted", fixed before any switch ran; :func:`switch_rows`): decided on valid
+NDCG@10 over the pilot's seeds, with each switch's test difference from ForwardOFA reported
+beside it whatever the decision.
 """
 
 import math
 import sys
+
+import numpy as np
 
 from recbole_fofa.benchmark import stats
 from recbole_fofa.benchmark.report import (
@@ -22,6 +29,7 @@ from recbole_fofa.benchmark.report import (
     BenchmarkReport,
     comparison_text,
 )
+from recbole_fofa.benchmark.runner import SWITCHES
 from recbole_fofa.benchmark.status import finished_runs
 from recbole_fofa.table import format_table
 
@@ -37,6 +45,17 @@ VARIANTS = ["ForwardOFA", "ForwardOFA-fromSASRec"]
 #: 0.004, stalled on two of its three test seeds): each goal against SASRec-6 is also checked
 #: against SASRec-6 at the grid's runner-up on valid, which trained on both tuning seeds
 SENSITIVITY = {"SASRec-6": "SASRec-6@learning_rate=0.002"}
+
+#: the switches' pilot: the seeds the adoption rule reads, and the rule's parts. A switch is
+#: adopted when its mean paired valid difference from ForwardOFA is above 0 and it is ahead on at
+#: least MIN_AHEAD seeds; of BACKBONE_RATES only the one with the larger mean can be; SAVES_STAGE1
+#: is adopted unless it is behind by more than SAVES_STAGE1_MARGIN; DIAGNOSTICS are never adopted
+PILOT_SEEDS = (2020, 2021, 2022)
+MIN_AHEAD = 2
+BACKBONE_RATES = ("ForwardOFA-backbone1", "ForwardOFA-backbone0")
+SAVES_STAGE1, SAVES_STAGE1_MARGIN = "ForwardOFA-fromSASRec", 0.002
+DIAGNOSTICS = ("ForwardOFA-nomapper",)
+BASE = "ForwardOFA"
 
 
 def _compare(records, model, reference):
@@ -77,9 +96,58 @@ def goal_rows(records):
     return rows
 
 
+def _valid_diffs(records, switch):
+    """{seed: switch's valid NDCG@10 - ForwardOFA's} over the pilot seeds both finished."""
+    valid = {(r["label"], r["seed"]): (r.get("valid") or {}).get(PRIMARY) for r in records}
+    return {seed: valid[switch, seed] - valid[BASE, seed] for seed in PILOT_SEEDS
+            if valid.get((switch, seed)) is not None and valid.get((BASE, seed)) is not None}
+
+
+def _decision(switch, diffs, backbone_best):
+    if switch in DIAGNOSTICS:
+        return "diagnostic (never adopted)"
+    if len(diffs) < len(PILOT_SEEDS):
+        return stats.TOO_FEW_SEEDS
+    mean = float(np.mean(list(diffs.values())))
+    if switch == SAVES_STAGE1:
+        return "adopted" if mean >= -SAVES_STAGE1_MARGIN else "not adopted"
+    ahead = sum(d > 0 for d in diffs.values())
+    if mean <= 0 or ahead < MIN_AHEAD:
+        return "not adopted"
+    if switch in BACKBONE_RATES and backbone_best is None:
+        return f"{stats.TOO_FEW_SEEDS} (of the other backbone rate)"
+    if switch in BACKBONE_RATES and switch != backbone_best:
+        return "not adopted (the other backbone rate has the larger mean)"
+    return "adopted"
+
+
+def switch_rows(records):
+    """One row per switch with pilot runs: its paired valid NDCG@10 difference from ForwardOFA
+    per pilot seed and their mean, seeds ahead, the rule's decision, and its paired test
+    difference with the 95% interval over seeds and the verdict (reported, never deciding)."""
+    switches = [SAVES_STAGE1, *SWITCHES, *DIAGNOSTICS]
+    diffs = {s: _valid_diffs(records, s) for s in switches}
+    means = {s: float(np.mean(list(d.values()))) for s, d in diffs.items() if d}
+    rates = [s for s in BACKBONE_RATES if len(diffs[s]) == len(PILOT_SEEDS)]
+    backbone_best = max(rates, key=means.get) if len(rates) == len(BACKBONE_RATES) else None
+    rows = []
+    for switch in switches:
+        if not diffs[switch]:
+            continue
+        test = _compare(records, switch, BASE)
+        rows.append([switch, len(diffs[switch]),
+                     " ".join(f"{d:+.4f}" for d in diffs[switch].values()),
+                     f"{means[switch]:+.4f}", sum(d > 0 for d in diffs[switch].values()),
+                     _decision(switch, diffs[switch], backbone_best),
+                     comparison_text(test)["difference"] if test else "-",
+                     test["verdict"] if test else "-"])
+    return rows
+
+
 def main(argv):
     folder = argv[0] if argv else "benchmarks/results/verdict"
-    rows = goal_rows(finished_runs(folder))
+    records = finished_runs(folder)
+    rows = goal_rows(records)
     if not rows:
         print(f"{folder}: no pair of models has finished test runs on common seeds yet")
         return
@@ -88,6 +156,13 @@ def main(argv):
                               "seeds with users p < 0.05", "MACs ratio",
                               f"seeds for MDE {stats.TARGET_MDE}", "needs", "result"],
                        style="markdown"))
+    switches = switch_rows(records)
+    if switches:
+        print("\nThe switches' pilot (decided on valid NDCG@10; test reported beside it):\n")
+        print(format_table(switches, ["switch", "pilot seeds", "valid diff per seed",
+                                      "mean valid diff", "seeds ahead", "decision",
+                                      "test diff [95% CI] vs ForwardOFA", "test verdict"],
+                           style="markdown"))
 
 
 if __name__ == "__main__":

@@ -400,3 +400,59 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert by_goal["per-user structure pays"][-1] == "met"
     assert by_goal["beyond: better than SASRec-6 at half the cost"][-1] == "not met"
     assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0300, +0.0300]")
+
+
+def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path):
+    """Planted valid differences from ForwardOFA on the pilot seeds 2020-2022: distill is ahead
+    on 2 of 3 with a positive mean (adopted); anneal has a positive mean but is ahead on 1 (not);
+    both backbone rates qualify and backbone0 has the larger mean (only it is adopted);
+    fromSASRec is behind by less than 0.002 (adopted: it saves stage 1); nomapper is a
+    diagnostic; ForwardOFA-shared is not a switch. Test scores are ForwardOFA's shifted by 0.01
+    for distill on every user (its test verdict is "better"), and decide nothing."""
+    goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                        "verdict_goals.py"))
+    (tmp_path / "runs").mkdir()
+    base = [0.0] * 50 + [1.0] * 50
+    valid_diffs = {"ForwardOFA-distill": (0.002, 0.001, -0.001),
+                   "ForwardOFA-anneal": (0.003, -0.001, -0.001),
+                   "ForwardOFA-backbone1": (0.001, 0.001, 0.001),
+                   "ForwardOFA-backbone0": (0.002, 0.002, 0.002),
+                   "ForwardOFA-fromSASRec": (-0.0015, -0.0015, -0.0015),
+                   "ForwardOFA-nomapper": (-0.01, -0.01, -0.01),
+                   "ForwardOFA-shared": (0.01, 0.01, 0.01)}
+    for i, seed in enumerate((2020, 2021, 2022)):
+        shift = 0.001 * (i - 1)
+        runs = {"ForwardOFA": (0.08, [v + shift for v in base])}
+        for label, diffs in valid_diffs.items():
+            up = 0.01 if label == "ForwardOFA-distill" else 0.0
+            runs[label] = (0.08 + diffs[i], [v + shift + up for v in base])
+        for label, (valid, per_user) in runs.items():
+            run = dict(_scored(per_user, 400.0), label=label, seed=seed, status="ok",
+                       valid={"ndcg@10": valid})
+            (tmp_path / "runs" / f"{label}__seed{seed}.json").write_text(json.dumps(run))
+    # one more seed of a switch outside the pilot's seeds does not enter the decision
+    extra = dict(_scored(base, 400.0), label="ForwardOFA-anneal", seed=2025, status="ok",
+                 valid={"ndcg@10": 0.5})
+    (tmp_path / "runs" / "ForwardOFA-anneal__seed2025.json").write_text(json.dumps(extra))
+    rows = {row[0]: row for row in goals["switch_rows"](finished_runs(tmp_path))}
+    assert list(rows) == ["ForwardOFA-fromSASRec", "ForwardOFA-distill", "ForwardOFA-anneal",
+                          "ForwardOFA-backbone1", "ForwardOFA-backbone0", "ForwardOFA-nomapper"]
+    decision = {label: row[5] for label, row in rows.items()}
+    assert decision == {
+        "ForwardOFA-fromSASRec": "adopted", "ForwardOFA-distill": "adopted",
+        "ForwardOFA-anneal": "not adopted",
+        "ForwardOFA-backbone1": "not adopted (the other backbone rate has the larger mean)",
+        "ForwardOFA-backbone0": "adopted", "ForwardOFA-nomapper": "diagnostic (never adopted)"}
+    distill = rows["ForwardOFA-distill"]
+    assert distill[1:5] == [3, "+0.0020 +0.0010 -0.0010", "+0.0007", 2]
+    assert distill[6].startswith("+0.0100 [+0.0100, +0.0100]") and distill[7] == "better"
+    assert rows["ForwardOFA-backbone0"][7] == "no difference"
+    # with a pilot seed missing, the rule waits
+    (tmp_path / "runs" / "ForwardOFA-distill__seed2022.json").unlink()
+    rows = {row[0]: row for row in goals["switch_rows"](finished_runs(tmp_path))}
+    assert rows["ForwardOFA-distill"][1] == 2
+    assert rows["ForwardOFA-distill"][5] == "too few seeds"
+    # a backbone rate that qualifies waits for the other rate's pilot
+    (tmp_path / "runs" / "ForwardOFA-backbone0__seed2022.json").unlink()
+    rows = {row[0]: row for row in goals["switch_rows"](finished_runs(tmp_path))}
+    assert rows["ForwardOFA-backbone1"][5] == "too few seeds (of the other backbone rate)"
