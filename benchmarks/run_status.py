@@ -9,17 +9,11 @@ score so far. Resume the benchmark with the command that started it.
 
 import sys
 
-from recbole_fofa.benchmark.status import run_status
-from recbole_fofa.table import format_table
+from recbole_fofa.benchmark.status import print_folder_table, run_status
 
 
 def main(argv):
-    folder = argv[0] if argv else "benchmarks/results/verdict"
-    rows = run_status(folder)
-    if not rows:
-        print(f"{folder}: no runs yet")
-        return
-    print(format_table(rows, style="markdown"))
+    print_folder_table(argv, run_status, "no runs yet")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ the run's test NDCG@10 and the fixed sub-network the search chose at the run's o
 import sys
 
 from recbole_fofa.analysis._common import structure_stats, user_structures
-from recbole_fofa.benchmark.status import finished_runs, run_checkpoint
+from recbole_fofa.benchmark.status import finished_runs, print_folder_table, run_checkpoint
 from recbole_fofa.quick_start import load_data_and_model, quiet_console
-from recbole_fofa.table import format_table
 
 COLUMNS = ["run", "test ndcg@10", "users", "structures", "entropy (bits)", "top structure",
            "top share", "mean blocks", "search@own", "search@own ndcg@10"]
@@ -46,12 +45,8 @@ def structure_rows(folder):
 
 
 def main(argv):
-    folder = argv[0] if argv else "benchmarks/results/verdict"
-    rows = structure_rows(folder)
-    if not rows:
-        print(f"{folder}: no finished test run with routing results yet")
-        return
-    print(format_table(rows, COLUMNS, style="markdown"))
+    print_folder_table(argv, structure_rows, "no finished test run with routing results yet",
+                       COLUMNS)
 
 
 if __name__ == "__main__":

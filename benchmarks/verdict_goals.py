@@ -30,7 +30,7 @@ from recbole_fofa.benchmark.report import (
     comparison_text,
 )
 from recbole_fofa.benchmark.runner import SWITCHES
-from recbole_fofa.benchmark.status import finished_runs
+from recbole_fofa.benchmark.status import VERDICT_FOLDER, finished_runs, print_folder_table
 from recbole_fofa.table import format_table
 
 #: (goal, reference, lower bound of the CI, MACs ceiling); the model is each ForwardOFA variant
@@ -144,25 +144,22 @@ def switch_rows(records):
     return rows
 
 
+GOAL_COLUMNS = ["goal", "comparison (test NDCG@10)", "seeds", "mean diff [95% CI]", "verdict",
+                "per seed", "seeds with users p < 0.05", "MACs ratio",
+                f"seeds for MDE {stats.TARGET_MDE}", "needs", "result"]
+SWITCH_COLUMNS = ["switch", "pilot seeds", "valid diff per seed", "mean valid diff",
+                  "seeds ahead", "decision", "test diff [95% CI] vs ForwardOFA", "test verdict"]
+
+
 def main(argv):
-    folder = argv[0] if argv else "benchmarks/results/verdict"
+    folder = argv[0] if argv else VERDICT_FOLDER
     records = finished_runs(folder)
-    rows = goal_rows(records)
-    if not rows:
-        print(f"{folder}: no pair of models has finished test runs on common seeds yet")
-        return
-    print(format_table(rows, ["goal", "comparison (test NDCG@10)", "seeds",
-                              "mean diff [95% CI]", "verdict", "per seed",
-                              "seeds with users p < 0.05", "MACs ratio",
-                              f"seeds for MDE {stats.TARGET_MDE}", "needs", "result"],
-                       style="markdown"))
-    switches = switch_rows(records)
-    if switches:
-        print("\nThe switches' pilot (decided on valid NDCG@10; test reported beside it):\n")
-        print(format_table(switches, ["switch", "pilot seeds", "valid diff per seed",
-                                      "mean valid diff", "seeds ahead", "decision",
-                                      "test diff [95% CI] vs ForwardOFA", "test verdict"],
-                           style="markdown"))
+    if print_folder_table([folder], lambda _: goal_rows(records), "no pair of models has "
+                          "finished test runs on common seeds yet", GOAL_COLUMNS):
+        switches = switch_rows(records)
+        if switches:
+            print("\nThe switches' pilot (decided on valid NDCG@10; test reported beside it):\n")
+            print(format_table(switches, SWITCH_COLUMNS, style="markdown"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ from recbole_fofa import cli
 from recbole_fofa.benchmark import queue, runner, tuning, workers
 from recbole_fofa.benchmark.report import BenchmarkReport
 from recbole_fofa.benchmark.runner import run_benchmark
-from recbole_fofa.benchmark.status import finished_runs, run_status
+from recbole_fofa.benchmark.status import (
+    VERDICT_FOLDER,
+    finished_runs,
+    print_folder_table,
+    run_checkpoint,
+    run_status,
+)
 from recbole_fofa.trainer import PluginTrainerMixin, progress
 
 
@@ -456,3 +462,26 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path):
     (tmp_path / "runs" / "ForwardOFA-backbone0__seed2022.json").unlink()
     rows = {row[0]: row for row in goals["switch_rows"](finished_runs(tmp_path))}
     assert rows["ForwardOFA-backbone1"][5] == "too few seeds (of the other backbone rate)"
+
+
+def test_scripts_tabulate_a_folder_or_say_it_has_nothing(tmp_path, capsys):
+    seen = []
+
+    def rows_of(folder):
+        seen.append(folder)
+        return [["ForwardOFA", 0.0747]] if folder == str(tmp_path) else []
+
+    assert print_folder_table([str(tmp_path)], rows_of, "nothing", ["model", "ndcg"]) == \
+        [["ForwardOFA", 0.0747]]
+    assert capsys.readouterr().out.splitlines()[2] == "| ForwardOFA | 0.0747 |"
+    assert print_folder_table([], rows_of, "no runs yet") == []
+    assert capsys.readouterr().out.strip() == f"{VERDICT_FOLDER}: no runs yet"
+    assert seen == [str(tmp_path), VERDICT_FOLDER]
+    # a finished run's checkpoint is found by its label, seed and settings key
+    record = {"label": "SASRec-6@learning_rate=0.002", "seed": 2020, "settings_key": "71a5f3a6"}
+    with pytest.raises(FileNotFoundError, match="seed 2020: no checkpoint at"):
+        run_checkpoint(tmp_path, record)
+    saved = tmp_path / "saved" / "SASRec-6@learning_rate=0.002__seed2020-71a5f3a6.pth"
+    saved.parent.mkdir()
+    saved.write_bytes(b"")
+    assert run_checkpoint(tmp_path, record) == saved

@@ -10,9 +10,15 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+from recbole_fofa.table import format_table
 from recbole_fofa.trainer import progress
 
-__all__ = ["run_status", "finished_runs", "file_stem", "checkpoint_path", "run_checkpoint"]
+__all__ = ["run_status", "finished_runs", "file_stem", "checkpoint_path", "run_checkpoint",
+           "print_folder_table", "VERDICT_FOLDER"]
+
+#: where the verdict benchmark keeps its runs (benchmarks/verdict.sh), from the repository root:
+#: the folder the scripts in benchmarks/ read when given none
+VERDICT_FOLDER = "benchmarks/results/verdict"
 
 
 def file_stem(label: str, seed: int) -> str:
@@ -89,4 +95,14 @@ def run_status(output_dir) -> List[Dict[str, Any]]:
     rows = [_finished(path, "tuning") for path in sorted(output_dir.glob("tuning/runs/*.json"))]
     rows += [_finished(path, "test") for path in sorted(output_dir.glob("runs/*.json"))]
     rows += [_in_progress(path) for path in sorted(output_dir.glob("progress/*.pt"))]
+    return rows
+
+
+def print_folder_table(argv, rows_of, empty, columns=None):
+    """The main of a script that tabulates a benchmark folder: ``argv[0]`` (default
+    :data:`VERDICT_FOLDER`), ``rows_of(folder)`` printed as a markdown table, or
+    ``"<folder>: <empty>"`` when there are no rows. Returns the rows."""
+    folder = argv[0] if argv else VERDICT_FOLDER
+    rows = rows_of(folder)
+    print(format_table(rows, columns, style="markdown") if rows else f"{folder}: {empty}")
     return rows
