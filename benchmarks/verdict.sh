@@ -18,6 +18,11 @@
 # 2020 and 2021 showed its controller giving every test user the same structure,
 # benchmarks/structures.py) is a diagnostic, never adopted: stage 2 without the mapper, from
 # ForwardOFA's supernet of each seed, says whether the per-user parameters are what pays.
+# ForwardOFA-adaptSASRec@... (added 2026-12-05 19:45, before any of its runs; its adoption rule,
+# fromSASRec's, is in benchmarks/verdict_goals.py) skips stage 1: stage 2 alone on SASRec-6 at
+# lr 0.002 of the same seed, the issue's "train SASRec-6, then make it device-adaptive from its
+# checkpoint" at ForwardOFA's learning rate. It is untuned; to have its runs sooner:
+#   bash benchmarks/verdict.sh --model="SASRec-6@learning_rate=0.002,$ADAPT" (ADAPT as below)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The tuned models' runs are done in this order (it changes no run): SASRec-3 (goal 2) before
 # ForwardOFA-fromSASRec and SASRec-2. Untuned models (the pinned one, the switches) queue behind
@@ -27,7 +32,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODELS=SASRec-6,ForwardOFA,SASRec-3,SASRec-6@learning_rate=0.002
 SWITCHES=ForwardOFA-distill,ForwardOFA-anneal,ForwardOFA-backbone1,ForwardOFA-backbone0,ForwardOFA-nomapper
 LATER=ForwardOFA-fromSASRec,SASRec-2
-exec ${PY:-python3} -m recbole_fofa --benchmark --model="$MODELS,$SWITCHES,$LATER" --seeds=3 \
+ADAPT=ForwardOFA-adaptSASRec@learning_rate=0.002@backbone_init=@SASRec-6@learning_rate=0.002
+exec ${PY:-python3} -m recbole_fofa --benchmark --model="$MODELS,$SWITCHES,$LATER,$ADAPT" --seeds=3 \
   --dataset=ml-100k --config_files="$ROOT/properties/main.yaml $ROOT/properties/converge.yaml" \
   --routing --tune="{learning_rate: [0.001, 0.002, 0.004, 0.008]}" --tuning_seeds=2023,2024 \
   --output="$ROOT/benchmarks/results/verdict" "$@"

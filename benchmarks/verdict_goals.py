@@ -6,7 +6,7 @@ The goals were fixed in issue 19 before any test seed ran; they are written here
 paired comparison of test NDCG@10 over the seeds both models finished (95% t interval over
 seeds, recbole_fofa.benchmark.stats) with a bound the interval's lower end must clear and, for
 some, a cost ceiling (the model's MACs over the reference's). Every ForwardOFA variant that has
-runs (ForwardOFA, ForwardOFA-fromSASRec) is checked; a model without runs yet is skipped. The
+runs (:data:`VARIANTS`) is checked; a model without runs yet is skipped. The
 oracle row is not a goal: it states how much per-user routing could gain on this data; nor are
 the sensitivity rows (:data:`SENSITIVITY`), which repeat a goal against another reference.
 
@@ -40,7 +40,10 @@ GOALS = [
     ("per-user structure pays", "{model} " + SEARCHED, 0.0, math.inf),
     ("beyond: better than SASRec-6 at half the cost", "SASRec-6", 0.0, 0.5),
 ]
-VARIANTS = ["ForwardOFA", "ForwardOFA-fromSASRec"]
+#: stage 2 alone on SASRec-6 at lr 0.002 (added 2026-12-05 before any of its runs, with the
+#: same adoption rule as fromSASRec): the issue's "train SASRec-6, then make it device-adaptive"
+ADAPT = "ForwardOFA-adaptSASRec@learning_rate=0.002@backbone_init=@SASRec-6@learning_rate=0.002"
+VARIANTS = ["ForwardOFA", "ForwardOFA-fromSASRec", ADAPT]
 #: a sensitivity check, not a goal (decided 2026-12-05, after SASRec-6's tuned learning rate,
 #: 0.004, stalled on two of its three test seeds): each goal against SASRec-6 is also checked
 #: against SASRec-6 at the grid's runner-up on valid, which trained on both tuning seeds
@@ -48,12 +51,13 @@ SENSITIVITY = {"SASRec-6": "SASRec-6@learning_rate=0.002"}
 
 #: the switches' pilot: the seeds the adoption rule reads, and the rule's parts. A switch is
 #: adopted when its mean paired valid difference from ForwardOFA is above 0 and it is ahead on at
-#: least MIN_AHEAD seeds; of BACKBONE_RATES only the one with the larger mean can be; SAVES_STAGE1
-#: is adopted unless it is behind by more than SAVES_STAGE1_MARGIN; DIAGNOSTICS are never adopted
+#: least MIN_AHEAD seeds; of BACKBONE_RATES only the one with the larger mean can be; each of
+#: SAVES_STAGE1 is adopted unless it is behind by more than SAVES_STAGE1_MARGIN; DIAGNOSTICS are
+#: never adopted
 PILOT_SEEDS = (2020, 2021, 2022)
 MIN_AHEAD = 2
 BACKBONE_RATES = ("ForwardOFA-backbone1", "ForwardOFA-backbone0")
-SAVES_STAGE1, SAVES_STAGE1_MARGIN = "ForwardOFA-fromSASRec", 0.002
+SAVES_STAGE1, SAVES_STAGE1_MARGIN = ("ForwardOFA-fromSASRec", ADAPT), 0.002
 DIAGNOSTICS = ("ForwardOFA-nomapper",)
 BASE = "ForwardOFA"
 
@@ -109,7 +113,7 @@ def _decision(switch, diffs, backbone_best):
     if len(diffs) < len(PILOT_SEEDS):
         return stats.TOO_FEW_SEEDS
     mean = float(np.mean(list(diffs.values())))
-    if switch == SAVES_STAGE1:
+    if switch in SAVES_STAGE1:
         return "adopted" if mean >= -SAVES_STAGE1_MARGIN else "not adopted"
     ahead = sum(d > 0 for d in diffs.values())
     if mean <= 0 or ahead < MIN_AHEAD:
@@ -125,7 +129,7 @@ def switch_rows(records):
     """One row per switch with pilot runs: its paired valid NDCG@10 difference from ForwardOFA
     per pilot seed and their mean, seeds ahead, the rule's decision, and its paired test
     difference with the 95% interval over seeds and the verdict (reported, never deciding)."""
-    switches = [SAVES_STAGE1, *SWITCHES, *DIAGNOSTICS]
+    switches = [*SAVES_STAGE1, *SWITCHES, *DIAGNOSTICS]
     diffs = {s: _valid_diffs(records, s) for s in switches}
     means = {s: float(np.mean(list(d.values()))) for s, d in diffs.items() if d}
     rates = [s for s in BACKBONE_RATES if len(diffs[s]) == len(PILOT_SEEDS)]

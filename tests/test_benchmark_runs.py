@@ -263,6 +263,20 @@ def test_a_run_that_starts_from_another_comes_after_it():
         runner._in_dependency_order(variants[:1])
     bound = runner._bound(variants[0], lambda label: f"saved/{label}.pth")
     assert bound.overrides == {"backbone_init": "saved/SASRec-3.pth"}
+    # stage 2 alone on a SASRec, which may be a pinned one: a reference pin runs to the end
+    adapt, pinned = runner.resolve_variants([
+        "ForwardOFA-adaptSASRec@learning_rate=0.002@backbone_init=@SASRec-3@learning_rate=0.002",
+        "SASRec-3@learning_rate=0.002"], 3)
+    assert adapt.overrides == {"backbone_init": "@SASRec-3@learning_rate=0.002",
+                               "supernet_epochs": 0, "learning_rate": 0.002}
+    assert runner.references(adapt) == {"backbone_init": pinned.label}
+    assert [v.label for v in runner._in_dependency_order([adapt, pinned])] == [
+        pinned.label, adapt.label]
+    assert runner.resolve_variants(["ForwardOFA-adaptSASRec"], 6)[0].overrides == {
+        "backbone_init": "@SASRec-6", "supernet_epochs": 0}
+    for bad in ("ForwardOFA-adaptSASRec@backbone_init=@", "ForwardOFA@backbone_init="):
+        with pytest.raises(ValueError, match="LABEL@key=value"):
+            runner.resolve_variants([bad], 3)
 
 
 @pytest.mark.slow
@@ -280,6 +294,24 @@ def test_forward_ofa_starts_from_the_sasrec_run_of_its_seed_and_tuning_point(ben
     assert path == str(out / "saved" / f"SASRec-3__seed1-{sasrec_key}.pth")
     tuned = json.loads(next((out / "tuning" / "runs").glob("ForwardOFA-fromSASRec*")).read_text())
     assert "SASRec-3__learning_rate=0.01__seed9-" in tuned["overrides"]["backbone_init"]
+
+
+@pytest.mark.slow
+def test_stage_two_alone_starts_from_a_pinned_sasrec_run(bench, tmp_path):
+    dataset, config = bench
+    config = dict(config, n_blocks=3, supernet_epochs=1, epochs=1)
+    sasrec = "SASRec-3@learning_rate=0.01"
+    adapt = f"ForwardOFA-adaptSASRec@learning_rate=0.01@backbone_init=@{sasrec}"
+    out = tmp_path / "out"
+    report = run_benchmark(dataset, None, config, [adapt, sasrec], [1], out, progress=False,
+                           search_budgets=[], tune={"learning_rate": [0.01, 0.02]},
+                           tuning_seeds=[9])
+    rows = {r["label"]: r for r in report.records}
+    assert all(r["status"] == "ok" for r in rows.values()), report.errors()
+    assert not (out / "tuning" / "runs").exists() or not any((out / "tuning" / "runs").iterdir())
+    path = rows[adapt]["overrides"]["backbone_init"]
+    assert path == str(out / "saved" / f"{sasrec}__seed1-{rows[sasrec]['settings_key']}.pth")
+    assert [stage["stage"] for stage in rows[adapt]["training"]] == ["adapt"]
 
 
 @pytest.mark.slow
@@ -412,7 +444,8 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path):
     """Planted valid differences from ForwardOFA on the pilot seeds 2020-2022: distill is ahead
     on 2 of 3 with a positive mean (adopted); anneal has a positive mean but is ahead on 1 (not);
     both backbone rates qualify and backbone0 has the larger mean (only it is adopted);
-    fromSASRec is behind by less than 0.002 (adopted: it saves stage 1); nomapper is a
+    fromSASRec is behind by less than 0.002 (adopted: it saves stage 1), adaptSASRec by more
+    (not adopted); nomapper is a
     diagnostic; ForwardOFA-shared is not a switch. Test scores are ForwardOFA's shifted by 0.01
     for distill on every user (its test verdict is "better"), and decide nothing."""
     goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
@@ -424,6 +457,7 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path):
                    "ForwardOFA-backbone1": (0.001, 0.001, 0.001),
                    "ForwardOFA-backbone0": (0.002, 0.002, 0.002),
                    "ForwardOFA-fromSASRec": (-0.0015, -0.0015, -0.0015),
+                   goals["ADAPT"]: (-0.001, -0.004, -0.0025),
                    "ForwardOFA-nomapper": (-0.01, -0.01, -0.01),
                    "ForwardOFA-shared": (0.01, 0.01, 0.01)}
     for i, seed in enumerate((2020, 2021, 2022)):
@@ -441,11 +475,13 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path):
                  valid={"ndcg@10": 0.5})
     (tmp_path / "runs" / "ForwardOFA-anneal__seed2025.json").write_text(json.dumps(extra))
     rows = {row[0]: row for row in goals["switch_rows"](finished_runs(tmp_path))}
-    assert list(rows) == ["ForwardOFA-fromSASRec", "ForwardOFA-distill", "ForwardOFA-anneal",
-                          "ForwardOFA-backbone1", "ForwardOFA-backbone0", "ForwardOFA-nomapper"]
+    assert list(rows) == ["ForwardOFA-fromSASRec", goals["ADAPT"], "ForwardOFA-distill",
+                          "ForwardOFA-anneal", "ForwardOFA-backbone1", "ForwardOFA-backbone0",
+                          "ForwardOFA-nomapper"]
     decision = {label: row[5] for label, row in rows.items()}
     assert decision == {
-        "ForwardOFA-fromSASRec": "adopted", "ForwardOFA-distill": "adopted",
+        "ForwardOFA-fromSASRec": "adopted", goals["ADAPT"]: "not adopted",
+        "ForwardOFA-distill": "adopted",
         "ForwardOFA-anneal": "not adopted",
         "ForwardOFA-backbone1": "not adopted (the other backbone rate has the larger mean)",
         "ForwardOFA-backbone0": "adopted", "ForwardOFA-nomapper": "diagnostic (never adopted)"}

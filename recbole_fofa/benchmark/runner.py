@@ -95,6 +95,15 @@ SWITCHES = {
 }
 
 
+def _sasrec_starts(n_blocks):
+    """The verdict's switch that starts from a trained SASRec-``n_blocks`` and skips stage 1
+    (the issue's "saves the whole stage-1 cost"): stage 2 alone on that SASRec's best checkpoint
+    of the same seed. On request only; ``@backbone_init=@LABEL`` names another SASRec run."""
+    return {"ForwardOFA-adaptSASRec": Variant(
+        "ForwardOFA-adaptSASRec", "ForwardOFA",
+        {"backbone_init": f"@SASRec-{n_blocks}", "supernet_epochs": 0}, "ablation")}
+
+
 def default_variants(n_blocks: int) -> List[Variant]:
     """ForwardOFA, its ablations (``ForwardOFA-fromSASRec`` among them; not the switches),
     SASRec at 2 and at ``n_blocks`` layers, and :data:`BASELINES`."""
@@ -105,12 +114,15 @@ def default_variants(n_blocks: int) -> List[Variant]:
 
 def _pins(name):
     """``(label, {key: value})`` of ``<label>@key=value[@key=value...]`` (each value read as a
-    command-line flag's is); a ValueError names a malformed pin."""
+    command-line flag's is; a reference ``key=@LABEL``, whose label may carry pins of its own,
+    comes last); a ValueError names a malformed pin."""
     label, *pins = name.split("@")
     settings = {}
-    for pin in pins:
-        key, sep, text = pin.partition("=")
-        if not (sep and key.isidentifier() and text.strip()) or key in settings:
+    while pins:
+        key, sep, text = pins.pop(0).partition("=")
+        if sep and not text and pins:  # key=@LABEL: a reference to a run, to the name's end
+            text, pins = "@" + "@".join(pins), []
+        if not (sep and key.isidentifier() and text.strip().lstrip("@")) or key in settings:
             raise ValueError(f"benchmark model {name!r}: write a model with fixed settings as "
                              "LABEL@key=value[@key=value...], each key once, e.g. "
                              "SASRec-6@learning_rate=0.002")
@@ -122,12 +134,14 @@ def _pins(name):
 
 def resolve_variants(names: Sequence[str], n_blocks: int) -> List[Variant]:
     """Variants for ``names``: a default label (``ForwardOFA-shared``), a switch of
-    :data:`SWITCHES`, ``<Model>-<N>`` (a RecBole model with ``n_layers: N``; ForwardOFA with
-    ``n_blocks: N``), or a model name; any of these followed by ``@key=value`` pins (fixed
-    settings, which a tuned benchmark leaves as they are: ``SASRec-6@learning_rate=0.002``)."""
+    :data:`SWITCHES`, ``ForwardOFA-adaptSASRec``, ``<Model>-<N>`` (a RecBole model with
+    ``n_layers: N``; ForwardOFA with ``n_blocks: N``), or a model name; any of these followed
+    by ``@key=value`` pins (fixed settings, which a tuned benchmark leaves as they are:
+    ``SASRec-6@learning_rate=0.002``)."""
     known = {v.label: v for v in default_variants(n_blocks)}
     known.update({label: Variant(label, "ForwardOFA", dict(overrides), "ablation")
                   for label, overrides in SWITCHES.items()})
+    known.update(_sasrec_starts(n_blocks))
     variants = []
     for name in names:
         base, pins = _pins(name)
