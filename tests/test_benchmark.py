@@ -159,6 +159,16 @@ def test_baselines_train_the_forward_ofa_epoch_budget(bench, tmp_path):
     assert settings["topk"] == [5, 10, 20] and "MRR" in settings["metrics"]
 
 
+def test_one_model_searches_the_device_tiers():
+    def searched(names):
+        return runner.searched_label(resolve_variants(names, 6))
+
+    assert searched(["SASRec-6", "ForwardOFA-adaptSASRec", "ForwardOFA-nomapper"]) == (
+        "ForwardOFA-adaptSASRec")
+    assert searched(["ForwardOFA-nomapper", "ForwardOFA"]) == "ForwardOFA"
+    assert searched(["SASRec-6", "ForwardOFA-allblocks"]) is None  # no controller: no search
+
+
 def test_resolve_variants():
     variants = {v.label: v for v in resolve_variants(
         ["ForwardOFA", "ForwardOFA-shared", "SASRec-6", "ForwardOFA-4", "GRU4Rec"], 6)}

@@ -304,7 +304,7 @@ def test_stage_two_alone_starts_from_a_pinned_sasrec_run(bench, tmp_path):
     adapt = f"ForwardOFA-adaptSASRec@learning_rate=0.01@backbone_init=@{sasrec}"
     out = tmp_path / "out"
     report = run_benchmark(dataset, None, config, [adapt, sasrec], [1], out, progress=False,
-                           search_budgets=[], tune={"learning_rate": [0.01, 0.02]},
+                           search_budgets=[0.5], tune={"learning_rate": [0.01, 0.02]},
                            tuning_seeds=[9])
     rows = {r["label"]: r for r in report.records}
     assert all(r["status"] == "ok" for r in rows.values()), report.errors()
@@ -312,6 +312,9 @@ def test_stage_two_alone_starts_from_a_pinned_sasrec_run(bench, tmp_path):
     path = rows[adapt]["overrides"]["backbone_init"]
     assert path == str(out / "saved" / f"{sasrec}__seed1-{rows[sasrec]['settings_key']}.pth")
     assert [stage["stage"] for stage in rows[adapt]["training"]] == ["adapt"]
+    # without a ForwardOFA in the benchmark, the tiers are searched on this model's runs
+    assert [entry["budget"] for entry in rows[adapt]["search"]] == [0.5]
+    assert "search" not in rows[sasrec]
 
 
 @pytest.mark.slow

@@ -167,6 +167,13 @@ def resolve_variants(names: Sequence[str], n_blocks: int) -> List[Variant]:
     return variants
 
 
+def searched_label(variants) -> str | None:
+    """The one model whose runs search a fixed sub-network per device tier: ForwardOFA, else
+    the first ForwardOFA variant with a controller (ForwardOFA-adaptSASRec in the main job)."""
+    routed = [v.label for v in variants if v.routed]
+    return "ForwardOFA" if "ForwardOFA" in routed else next(iter(routed), None)
+
+
 def references(variant) -> Dict[str, str]:
     """``{key: label}`` of the variant's overrides that name another run (``"@SASRec-6"``: that
     label's best checkpoint of the same seed, and for a tuning run of the same grid point)."""
@@ -317,7 +324,8 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
     in ``output_dir/progress/<stem>-<key>.pt`` (an interrupted run resumes from its last
     validated epoch; the file is removed when the run ends) and its best checkpoint in
     ``output_dir/saved/<stem>-<key>.pth``. A ``tuning_run`` is validated only: test is never
-    evaluated, nothing is searched."""
+    evaluated, nothing is searched. ``search_budgets``: the device tiers this run's search
+    picks a fixed sub-network for (``[]``: no search; one model of a benchmark searches)."""
     stem = stem or file_stem(variant.label, seed)
     record = {"label": variant.label, "model": variant.model, "kind": variant.kind,
               "seed": seed, "overrides": variant.overrides, "status": "ok", "error": None,
@@ -374,7 +382,7 @@ def run_one(variant, seed, dataset, config_file_list, common, budget, output_dir
                 record["routing"] = _routing(trained, test["macs"])
             except Exception as err:
                 record["routing_error"] = f"{type(err).__name__}: {err}"
-        if variant.label == "ForwardOFA" and search_budgets:
+        if search_budgets:
             try:  # a failed search leaves the trained run's row intact
                 record["search"], record["search_seconds"] = _search(trained, search_budgets)
             except Exception as err:
@@ -458,9 +466,10 @@ def run_benchmark(
     :class:`~recbole_fofa.benchmark.report.BenchmarkReport`.
 
     ``models``: labels for :func:`resolve_variants` (default: :func:`default_variants`).
-    ``search_budgets``: the ForwardOFA run's search (default: the config's ``search_budgets``,
-    else :data:`SEARCH_BUDGETS`; ``[]`` searches nothing). ``reference``: the label every model
-    is compared with (:func:`check_reference`). ``routing``: the ForwardOFA run also scores the
+    ``search_budgets``: the device tiers :func:`searched_label`'s runs search (default: the
+    config's ``search_budgets``, else :data:`SEARCH_BUDGETS`; ``[]`` searches nothing).
+    ``reference``: the label every model is compared with (:func:`check_reference`).
+    ``routing``: every ForwardOFA run with a controller also scores the
     best fixed sub-network at its own MACs and the per-user routing oracle, which the report
     compares as ``ForwardOFA search@own`` and ``ForwardOFA oracle``. ``tune``: a grid
     (:mod:`~recbole_fofa.benchmark.tuning`) each model is tuned on, by its mean valid score over
@@ -473,7 +482,7 @@ def run_benchmark(
         raise ValueError(f"tuning seeds {tuning_seeds} overlap the test seeds {seeds}: tuning "
                          "must never see a test seed")
     common = dict(config_dict or {})
-    # the search runs on the ForwardOFA run only, from here: not a key of every model's config
+    # the search runs on one model's runs, from here: not a key of every model's config
     configured_budgets = common.pop("search_budgets", None)
     output_dir = Path(output_dir)
     runs_dir = output_dir / "runs"
@@ -522,6 +531,7 @@ def run_benchmark(
             return [*references(variant).values(), *shared]
 
         test_options = dict(search_budgets=list(search_budgets), routing=routing)
+        searched = searched_label(variants)
         while pending or not queue.done:
             ready = []  # the models whose test runs can be queued now: tuned, references queued
             for variant in list(pending):
@@ -557,7 +567,9 @@ def run_benchmark(
                     jobs.append((seeds.index(seed), _job(
                         runs_dir / f"{file_stem(variant.label, seed)}.json",
                         keys[variant.label, seed], bound, seed, context, after,
-                        dict(test_options, share=variant.label in sharing))))
+                        dict(test_options, share=variant.label in sharing,
+                             search_budgets=test_options["search_budgets"]
+                             if variant.label == searched else []))))
                 if tuned and variant.label in tuned.names:
                     queue.add([job for _, job in jobs], behind=tuned.names[variant.label][-1][0])
                     jobs = []
