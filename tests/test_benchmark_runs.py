@@ -443,7 +443,7 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0300, +0.0300]")
 
 
-def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path):
+def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path, capsys):
     """Planted valid differences from ForwardOFA on the pilot seeds 2020-2022: distill is ahead
     on 2 of 3 with a positive mean (adopted); anneal has a positive mean but is ahead on 1 (not);
     both backbone rates qualify and backbone0 has the larger mean (only it is adopted);
@@ -492,6 +492,11 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path):
     assert distill[1:5] == [3, "+0.0020 +0.0010 -0.0010", "+0.0007", 2]
     assert distill[6].startswith("+0.0100 [+0.0100, +0.0100]") and distill[7] == "better"
     assert rows["ForwardOFA-backbone0"][7] == "no difference"
+    # the printed tables name the long label by its short name, once spelled out
+    goals["main"]([str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| adaptSASRec " in printed and f"adaptSASRec = {goals['ADAPT']}" in printed
+    assert printed.count(goals["ADAPT"]) == 1
     # with a pilot seed missing, the rule waits
     (tmp_path / "runs" / "ForwardOFA-distill__seed2022.json").unlink()
     rows = {row[0]: row for row in goals["switch_rows"](finished_runs(tmp_path))}
