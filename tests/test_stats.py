@@ -29,7 +29,12 @@ def test_seed_interval_is_the_paired_t_interval():
 def test_seed_interval_edge_cases():
     assert math.isnan(stats.seed_interval([0.01])[1])
     assert stats.verdict(math.nan, math.nan) == stats.TOO_FEW_SEEDS
-    assert stats.seed_interval([0.002, 0.002, 0.002]) == (0.002, 0.002, 0.002, 0.0)
+    # equal nonzero differences (Hit@k moves in steps of one user): spread unmeasured, no verdict
+    mean, low, high, p = stats.seed_interval([-0.0053, -0.0053])
+    assert mean == -0.0053 and math.isnan(low) and math.isnan(high) and math.isnan(p)
+    assert stats.verdict(low, high) == stats.TOO_FEW_SEEDS
+    assert math.isnan(stats.seed_interval([0.3 - 0.2, 0.4 - 0.3])[1])  # equal but for float error
+    assert stats.seed_interval([0.0, 0.0, 0.0]) == (0.0, 0.0, 0.0, 1.0)
     assert stats.verdict(-0.001, 0.003) == "no difference"
     with pytest.raises(ValueError, match="no paired seeds"):
         stats.seed_interval([])
@@ -122,6 +127,22 @@ def test_compare_pairs_by_seed_and_writes_the_csv(tmp_path):
     assert {r["model"] for r in read} == {"ForwardOFA", "Same"}
     with pytest.raises(ValueError, match="reference model 'SASRec-2'"):
         stats.compare(records, "SASRec-2", ["ndcg@10"])
+
+
+def test_compare_gives_no_verdict_and_no_power_when_every_seed_differs_equally():
+    # Hit@20 one user's step apart on both seeds: a zero-width interval would say "worse"
+    records = [_record("SASRec-6", 1, 0.2349), _record("SASRec-6", 2, 0.2400),
+               _record("Tiny", 1, 0.2296), _record("Tiny", 2, 0.2347),  # rounded, as stored
+               _record("Same", 1, 0.2349), _record("Same", 2, 0.2400)]
+    rows = {row["model"]: row for row in stats.compare(records, "SASRec-6", ["ndcg@10"])}
+    tiny = rows["Tiny"]
+    assert tiny["mean_diff"] == pytest.approx(-0.0053)
+    assert tiny["verdict"] == stats.TOO_FEW_SEEDS
+    assert math.isnan(tiny["ci_low"]) and math.isnan(tiny["mde"])
+    assert math.isnan(tiny["seeds_needed"])
+    assert stats.goal_result(tiny, -0.005) == stats.TOO_FEW_SEEDS
+    same = rows["Same"]
+    assert (same["ci_low"], same["ci_high"], same["verdict"]) == (0.0, 0.0, "no difference")
 
 
 def test_per_user_values_average_to_recboles_metrics(monkeypatch):

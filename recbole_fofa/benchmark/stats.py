@@ -29,20 +29,29 @@ TOO_FEW_SEEDS = "too few seeds"
 TARGET_MDE = 0.005
 #: where :func:`seeds_needed` stops looking
 MAX_SEEDS = 10_000
+#: per-seed differences closer than this are equal (metrics are stored rounded; their
+#: differences agree only up to float error)
+SAME_DIFF = 1e-12
 
 
 def seed_interval(diffs: Sequence[float], confidence: float = 0.95):
     """``(mean, low, high, p_value)`` of paired per-seed differences: the t interval and the
     two-sided one-sample t test of mean 0 (``scipy.stats.ttest_1samp``, the same as a paired
-    ``ttest_rel``). Fewer than 2 seeds give NaN bounds and p."""
+    ``ttest_rel``). Fewer than 2 seeds give NaN bounds and p, and so do equal nonzero
+    differences on every seed: their spread is unmeasured, not 0 (a discrete metric such as
+    Hit@k moves in steps of one user, so two seeds can agree exactly), and a zero-width interval
+    would call such a pair of seeds significant. Differences that are all 0 (the same scores on
+    every seed) give the point interval 0 with p 1."""
     diffs = np.asarray(diffs, dtype=np.float64)
     if diffs.size == 0:
         raise ValueError("seed_interval: no paired seeds to compare")
     mean = float(diffs.mean())
     if diffs.size < 2:
         return mean, math.nan, math.nan, math.nan
-    if np.all(diffs == diffs[0]):  # no spread: the interval is the point (scipy returns NaN)
-        return mean, mean, mean, (1.0 if mean == 0 else 0.0)
+    if np.ptp(diffs) <= SAME_DIFF:
+        if abs(mean) <= SAME_DIFF:
+            return 0.0, 0.0, 0.0, 1.0
+        return mean, math.nan, math.nan, math.nan
     result = stats.ttest_1samp(diffs, 0.0)
     low, high = result.confidence_interval(confidence_level=confidence)
     return mean, float(low), float(high), float(result.pvalue)
@@ -162,6 +171,7 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
             diffs = model_values - ref_values
             mean, low, high, p = seed_interval(diffs, confidence)
             sd = float(diffs.std(ddof=1)) if diffs.size > 1 else math.nan
+            power_sd = sd if sd > SAME_DIFF else math.nan  # no spread: no power from it
             user_p = [user_permutation_p(model_runs[s]["per_user"][metric],
                                          ref_runs[s]["per_user"][metric], n_resamples, seed=s)
                       for s in seeds if _has_per_user(model_runs[s], ref_runs[s], metric)]
@@ -169,14 +179,14 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
                 "model": label, "reference": reference, "metric": metric,
                 "n_seeds": len(seeds), "mean_diff": mean, "ci_low": low, "ci_high": high,
                 "p_value": p, "verdict": verdict(low, high), "sd_diff": sd,
-                "mde": min_detectable_difference(sd, len(seeds), 1 - confidence),
+                "mde": min_detectable_difference(power_sd, len(seeds), 1 - confidence),
                 "model_mean": float(model_values.mean()),
                 "reference_mean": float(ref_values.mean()), "macs_ratio": macs_ratio,
                 "user_p_values": ";".join(f"{value:.4g}" for value in user_p),
                 "users_significant": (f"{sum(v < 1 - confidence for v in user_p)}/{len(user_p)}"
                                       if user_p else ""),
                 "target_mde": target_mde,
-                "seeds_needed": seeds_needed(sd, target_mde, 1 - confidence),
+                "seeds_needed": seeds_needed(power_sd, target_mde, 1 - confidence),
                 # each seed's difference: one run that stalls shows here, not only in the spread
                 "seed_diffs": ";".join(f"{s}:{d:+.4f}" for s, d in zip(seeds, diffs)),
             })
