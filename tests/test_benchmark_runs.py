@@ -386,7 +386,7 @@ def _scored(per_user, macs):
 def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     """Planted: over 4 seeds ForwardOFA (at 0.4x SASRec-6's MACs) is SASRec-6 shifted by
     -0.0006 to +0.0006, beats SASRec-3 by about 0.02 and its own fixed sub-network by 0.01; the
-    oracle gains about 0.03 more; the sensitivity reference (SASRec-6 at another learning rate)
+    oracle gains about 0.03 more (each difference varies over the seeds, or it has no interval); the sensitivity reference (SASRec-6 at another learning rate)
     sits 0.01 below SASRec-6. ForwardOFA-fromSASRec has the same runs on seeds 1 and 2 only
     (too few seeds for goals that need more)."""
     goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
@@ -394,13 +394,13 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     (tmp_path / "runs").mkdir()
     base = [0.0] * 50 + [1.0] * 50
     for seed, shift in zip((1, 2, 3, 4), (-0.0006, -0.0002, 0.0002, 0.0006)):
-        oracle = _scored([v + 0.03 + shift for v in base], 420.0)
+        oracle = _scored([v + 0.03 + 2 * shift for v in base], 420.0)
         runs = {
             "SASRec-6": _scored(base, 1000.0),
-            "SASRec-3": _scored([v - 0.02 + shift for v in base], 500.0),
+            "SASRec-3": _scored([v - 0.02 - shift for v in base], 500.0),
             "SASRec-6@learning_rate=0.002": _scored([v - 0.01 for v in base], 1000.0),
             "ForwardOFA": dict(_scored([v + shift for v in base], 400.0), routing={
-                "searched_at_own_macs": _scored([v + shift - 0.01 for v in base], 400.0),
+                "searched_at_own_macs": _scored([v - 0.01 for v in base], 400.0),
                 "oracle": dict(oracle, macs=oracle["test"].pop("macs"))}),
         }
         if seed <= 2:
@@ -440,7 +440,7 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert by_goal["better than a static model of equal cost"][-1] == "met"
     assert by_goal["per-user structure pays"][-1] == "met"
     assert by_goal["beyond: better than SASRec-6 at half the cost"][-1] == "not met"
-    assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0300, +0.0300]")
+    assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0292, +0.0308]")
 
 
 def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path, capsys):
@@ -449,8 +449,9 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path, capsys
     both backbone rates qualify and backbone0 has the larger mean (only it is adopted);
     fromSASRec is behind by less than 0.002 (adopted: it saves stage 1), adaptSASRec by more
     (not adopted); nomapper is a
-    diagnostic; ForwardOFA-shared is not a switch. Test scores are ForwardOFA's shifted by 0.01
-    for distill on every user (its test verdict is "better"), and decide nothing."""
+    diagnostic; ForwardOFA-shared is not a switch. Test scores are ForwardOFA's shifted by 0.010,
+    0.011 and 0.012 for distill on every user (its test verdict is "better"), and decide
+    nothing."""
     goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
                                         "verdict_goals.py"))
     (tmp_path / "runs").mkdir()
@@ -467,7 +468,7 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path, capsys
         shift = 0.001 * (i - 1)
         runs = {"ForwardOFA": (0.08, [v + shift for v in base])}
         for label, diffs in valid_diffs.items():
-            up = 0.01 if label == "ForwardOFA-distill" else 0.0
+            up = 0.01 + 0.001 * i if label == "ForwardOFA-distill" else 0.0
             runs[label] = (0.08 + diffs[i], [v + shift + up for v in base])
         for label, (valid, per_user) in runs.items():
             run = dict(_scored(per_user, 400.0), label=label, seed=seed, status="ok",
@@ -490,7 +491,7 @@ def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path, capsys
         "ForwardOFA-backbone0": "adopted", "ForwardOFA-nomapper": "diagnostic (never adopted)"}
     distill = rows["ForwardOFA-distill"]
     assert distill[1:5] == [3, "+0.0020 +0.0010 -0.0010", "+0.0007", 2]
-    assert distill[6].startswith("+0.0100 [+0.0100, +0.0100]") and distill[7] == "better"
+    assert distill[6].startswith("+0.0110 [+0.0085, +0.0135]") and distill[7] == "better"
     assert rows["ForwardOFA-backbone0"][7] == "no difference"
     # the printed tables name the long label by its short name, once spelled out
     goals["main"]([str(tmp_path)])
