@@ -386,9 +386,10 @@ def _scored(per_user, macs):
 def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     """Planted: over 4 seeds ForwardOFA (at 0.4x SASRec-6's MACs) is SASRec-6 shifted by
     -0.0006 to +0.0006, beats SASRec-3 by about 0.02 and its own fixed sub-network by 0.01; the
-    oracle gains about 0.03 more (each difference varies over the seeds, or it has no interval); the sensitivity reference (SASRec-6 at another learning rate)
-    sits 0.01 below SASRec-6. ForwardOFA-fromSASRec has the same runs on seeds 1 and 2 only
-    (too few seeds for goals that need more)."""
+    oracle gains about 0.03 more (each difference varies over the seeds, or it has no
+    interval); the sensitivity reference (SASRec-6 at another learning rate) sits 0.01 below
+    SASRec-6. ForwardOFA-fromSASRec has the same runs on seeds 1 and 2 only (too few seeds for
+    goals that need more)."""
     goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
                                         "verdict_goals.py"))
     (tmp_path / "runs").mkdir()
