@@ -34,6 +34,12 @@ MAX_SEEDS = 10_000
 SAME_DIFF = 1e-12
 
 
+def _no_spread(diffs: np.ndarray) -> bool:
+    """Whether every seed's difference is the same (up to :data:`SAME_DIFF`): such seeds
+    measure no spread, so they give neither an interval nor a power estimate."""
+    return bool(np.ptp(diffs) <= SAME_DIFF)
+
+
 def seed_interval(diffs: Sequence[float], confidence: float = 0.95):
     """``(mean, low, high, p_value)`` of paired per-seed differences: the t interval and the
     two-sided one-sample t test of mean 0 (``scipy.stats.ttest_1samp``, the same as a paired
@@ -48,7 +54,7 @@ def seed_interval(diffs: Sequence[float], confidence: float = 0.95):
     mean = float(diffs.mean())
     if diffs.size < 2:
         return mean, math.nan, math.nan, math.nan
-    if np.ptp(diffs) <= SAME_DIFF:
+    if _no_spread(diffs):
         if abs(mean) <= SAME_DIFF:
             return 0.0, 0.0, 0.0, 1.0
         return mean, math.nan, math.nan, math.nan
@@ -171,7 +177,7 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
             diffs = model_values - ref_values
             mean, low, high, p = seed_interval(diffs, confidence)
             sd = float(diffs.std(ddof=1)) if diffs.size > 1 else math.nan
-            power_sd = sd if sd > SAME_DIFF else math.nan  # no spread: no power from it
+            power_sd = math.nan if diffs.size < 2 or _no_spread(diffs) else sd
             user_p = [user_permutation_p(model_runs[s]["per_user"][metric],
                                          ref_runs[s]["per_user"][metric], n_resamples, seed=s)
                       for s in seeds if _has_per_user(model_runs[s], ref_runs[s], metric)]
