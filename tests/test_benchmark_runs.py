@@ -422,7 +422,7 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert [row[0] for row in rows if row[1] == sensitivity] == [
         "(sensitivity) same quality at half the cost",
         "(sensitivity) beyond: better than SASRec-6 at half the cost"]
-    assert [row[-1] for row in rows if row[1] == sensitivity] == ["met", "met"]
+    assert [row[-2] for row in rows if row[1] == sensitivity] == ["met", "met"]
     # the benchmark's report pairs every routed model with its own search and oracle
     pairs = {(c["model"], c["reference"])
              for c in BenchmarkReport(records, {"reference": "SASRec-6"}).comparisons()}
@@ -437,10 +437,23 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert by_goal["same quality at half the cost"][6] == "4/4"
     assert by_goal["better than a static model of equal cost"][6] == "4/4"
     assert by_goal["same quality at half the cost"][5] == "-0.0006 -0.0002 +0.0002 +0.0006"
-    assert by_goal["same quality at half the cost"][-1] == "met"
-    assert by_goal["better than a static model of equal cost"][-1] == "met"
-    assert by_goal["per-user structure pays"][-1] == "met"
-    assert by_goal["beyond: better than SASRec-6 at half the cost"][-1] == "not met"
+    assert by_goal["same quality at half the cost"][-2] == "met"
+    assert by_goal["better than a static model of equal cost"][-2] == "met"
+    assert by_goal["per-user structure pays"][-2] == "met"
+    assert by_goal["beyond: better than SASRec-6 at half the cost"][-2] == "not met"
+    # a claim now must clear its bound at 1 - 0.05/18: the differences of 0.02 and of 0.01 still
+    # do; on 4 seeds the interval of mean 0 (sd 0.00052, t 9.1) reaches below -0.002
+    assert goals["CLAIM_CONFIDENCE"] == pytest.approx(1 - 0.05 / 18)
+    claims = {goal: row[-1] for goal, row in by_goal.items()}
+    assert claims["better than a static model of equal cost"] == "+0.0153: met"
+    assert claims["per-user structure pays"] == "+0.0076: met"
+    assert claims["same quality at half the cost"] == "-0.0024: met"
+    assert claims["beyond: better than SASRec-6 at half the cost"] == "-0.0024: not met"
+    assert claims["(headroom) oracle routing"] == ""
+    # on fromSASRec's 2 seeds (differences 0.0188 and 0.0196) the 95% look meets the goal, a
+    # claim at 99.7% (t 229 on one degree of freedom) is far from it
+    static = next(row for row in rows[7:] if row[0] == "better than a static model of equal cost")
+    assert static[-2:] == ["met", "-0.0725: not met"]
     assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0292, +0.0308]")
 
 

@@ -127,6 +127,13 @@ def test_compare_pairs_by_seed_and_writes_the_csv(tmp_path):
     assert {r["model"] for r in read} == {"ForwardOFA", "Same"}
     with pytest.raises(ValueError, match="reference model 'SASRec-2'"):
         stats.compare(records, "SASRec-2", ["ndcg@10"])
+    # n_resamples=0: the same interval over seeds (wider at a higher confidence), no user tests
+    wide = next(row for row in stats.compare(records, "SASRec-6", ["ndcg@10"], confidence=0.99,
+                                             n_resamples=0) if row["model"] == "ForwardOFA")
+    assert wide["mean_diff"] == fofa["mean_diff"] and wide["ci_low"] < fofa["ci_low"]
+    assert wide["user_p_values"] == "" and wide["users_significant"] == ""
+    with pytest.raises(ValueError, match="n_resamples must be 0"):
+        stats.compare(records, "SASRec-6", ["ndcg@10"], n_resamples=-1)
 
 
 def test_compare_gives_no_verdict_and_no_power_when_every_seed_differs_equally():

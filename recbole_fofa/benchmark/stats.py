@@ -152,7 +152,11 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
     stored them, ``per_user`` (metric -> list of per-user values, same users in every run).
     ``macs_ratio`` is the model's mean MACs over the reference's (when both report ``macs``);
     ``seeds_needed`` is how many seeds would bring the MDE down to ``target_mde`` at this spread.
+    ``n_resamples=0`` skips the per-user tests (their columns stay empty) where only the interval
+    over seeds is wanted.
     """
+    if n_resamples < 0:
+        raise ValueError(f"n_resamples must be 0 (no per-user tests) or more, got {n_resamples}")
     runs = _by_label_and_seed(records)
     if reference not in runs:
         raise ValueError(f"reference model {reference!r} has no finished run; finished: "
@@ -180,7 +184,8 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
             power_sd = math.nan if diffs.size < 2 or _no_spread(diffs) else sd
             user_p = [user_permutation_p(model_runs[s]["per_user"][metric],
                                          ref_runs[s]["per_user"][metric], n_resamples, seed=s)
-                      for s in seeds if _has_per_user(model_runs[s], ref_runs[s], metric)]
+                      for s in seeds if n_resamples
+                      and _has_per_user(model_runs[s], ref_runs[s], metric)]
             rows.append({
                 "model": label, "reference": reference, "metric": metric,
                 "n_seeds": len(seeds), "mean_diff": mean, "ci_low": low, "ci_high": high,
