@@ -88,9 +88,8 @@ def _compare(records, model, reference, **options):
 def _claim(records, model, reference, bound, ceiling):
     """The interval's low end at :data:`CLAIM_CONFIDENCE` and whether it meets the goal."""
     row = _compare(records, model, reference, confidence=CLAIM_CONFIDENCE, n_resamples=0)
-    if not math.isfinite(row["ci_low"]):
-        return stats.TOO_FEW_SEEDS
-    return f"{row['ci_low']:+.4f}: {stats.goal_result(row, bound, ceiling)}"
+    result = stats.goal_result(row, bound, ceiling)
+    return result if result == stats.TOO_FEW_SEEDS else f"{row['ci_low']:+.4f}: {result}"
 
 
 def _cells(row):
