@@ -13,9 +13,10 @@ the sensitivity rows (:data:`SENSITIVITY`), which repeat a goal against another 
 Test seeds are added one at a time toward a planned number (what the measured spread needs for
 the target minimum detectable difference, at most :data:`LAST_LOOK`), so each goal's "result at
 95%" is an interim look until its planned seeds are in, when it is decided once. The last column
-says whether a goal could be claimed at this look already: its bound checked on the interval at
+says whether a goal can be claimed before then: its bound checked on the interval at
 :data:`CLAIM_CONFIDENCE`, Bonferroni over every look the plan can take (a claim at any look then
-keeps the plan's error rate at 5%).
+keeps the plan's error rate at 5%), at this look and, where an earlier look met it, at the first
+that did (the claim was made there and stands).
 
 A second table applies the switches' adoption rule (docs/design-notes.md, "The switches' pilot
 and how one is adopted", fixed before any switch ran; :func:`switch_rows`): decided on valid
@@ -85,11 +86,32 @@ def _compare(records, model, reference, **options):
     return next((row for row in rows if row["model"] == model), None)
 
 
-def _claim(records, model, reference, bound, ceiling):
-    """The interval's low end at :data:`CLAIM_CONFIDENCE` and whether it meets the goal."""
+def _claim_look(records, model, reference, bound, ceiling, seeds=None):
+    """(interval's low end at :data:`CLAIM_CONFIDENCE`, goal result, paired seeds) over
+    ``seeds`` (default: every seed both models finished)."""
+    if seeds is not None:
+        records = [r for r in records if r["seed"] in seeds]
     row = _compare(records, model, reference, confidence=CLAIM_CONFIDENCE, n_resamples=0)
-    result = stats.goal_result(row, bound, ceiling)
-    return result if result == stats.TOO_FEW_SEEDS else f"{row['ci_low']:+.4f}: {result}"
+    paired = sorted(int(item.partition(":")[0]) for item in row["seed_diffs"].split(";") if item)
+    return row["ci_low"], stats.goal_result(row, bound, ceiling), paired
+
+
+def _claim(records, model, reference, bound, ceiling):
+    """The claim check at this look, and the first look that met it: looks are the paired test
+    seeds in the order the plan adds them (ascending), from :data:`FIRST_LOOK` on, and a claim
+    made at a look stands whatever later looks say, so both are shown."""
+    low, result, seeds = _claim_look(records, model, reference, bound, ceiling)
+    if result == stats.TOO_FEW_SEEDS:
+        return result
+    if len(seeds) < FIRST_LOOK:
+        return f"{low:+.4f}: {stats.TOO_FEW_SEEDS} (the first look is at {FIRST_LOOK})"
+    now = f"{low:+.4f}: {result}"
+    for n in range(FIRST_LOOK, len(seeds) + 1):
+        first_low, first, _ = _claim_look(records, model, reference, bound, ceiling, seeds[:n])
+        if first == "met":
+            return (f"{now} (first at {n} seeds)" if n == len(seeds)
+                    else f"{now}; claimed at {n} seeds ({first_low:+.4f})")
+    return now
 
 
 def _cells(row):
@@ -174,7 +196,7 @@ def switch_rows(records):
 GOAL_COLUMNS = ["goal", "comparison (test NDCG@10)", "seeds", "mean diff [95% CI]", "verdict",
                 "per seed", "seeds with users p < 0.05", "MACs ratio",
                 f"seeds for MDE {stats.TARGET_MDE}", "needs", "result at 95%",
-                f"claim now ({CLAIM_CONFIDENCE:.1%}: {LOOKS} looks)"]
+                f"claim ({CLAIM_CONFIDENCE:.1%}: {LOOKS} looks)"]
 SWITCH_COLUMNS = ["switch", "pilot seeds", "valid diff per seed", "mean valid diff",
                   "seeds ahead", "decision", "test diff [95% CI] vs ForwardOFA", "test verdict"]
 
