@@ -118,7 +118,8 @@ def build_parser():
                         "simulation and write its table and PNG to --output")
     parser.add_argument("--seeds", type=str, default=None,
                         help="with --benchmark/--analysis: a count N (seeds seed, seed+1, ...) "
-                        "or a comma-separated list (default: 3 for --benchmark, 1 otherwise)")
+                        "or a comma-separated list; one seed is a list with a comma: 2031, "
+                        "(default: 3 for --benchmark, 1 otherwise)")
     parser.add_argument("--output", type=str, default=None,
                         help="with --benchmark/--analysis/--export: the output folder "
                         "(default fofa-benchmark/, fofa-analysis/ or fofa-export/)")

@@ -228,6 +228,7 @@ def test_cli_seeds_and_modes():
     assert cli.parse_seeds(None, 2020, 3) == [2020, 2021, 2022]
     assert cli.parse_seeds("2", 7, 3) == [7, 8]
     assert cli.parse_seeds("5,1", 7, 3) == [5, 1]
+    assert cli.parse_seeds("2031,", 7, 3) == [2031]  # one seed: a list with a comma
     for bad in ("0", "x", "1,1", ""):
         with pytest.raises(SystemExit, match="--seeds"):
             cli.parse_seeds(bad, 2020, 3)

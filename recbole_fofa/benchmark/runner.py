@@ -478,9 +478,11 @@ def run_benchmark(
     seeds = _check_seeds(seeds, "seeds")
     grid = tuning.check_grid(tune) if tune else None
     tuning_seeds = _check_seeds(tuning_seeds, "tuning seeds") if grid else []
-    if set(tuning_seeds) & set(seeds):
-        raise ValueError(f"tuning seeds {tuning_seeds} overlap the test seeds {seeds}: tuning "
-                         "must never see a test seed")
+    overlap = sorted(set(tuning_seeds) & set(seeds))
+    if overlap:
+        raise ValueError(f"tuning seeds {tuning_seeds} overlap the test seeds (both have "
+                         f"{overlap}; {len(seeds)} test seeds, {min(seeds)} to {max(seeds)}): "
+                         "tuning must never see a test seed")
     common = dict(config_dict or {})
     # the search runs on one model's runs, from here: not a key of every model's config
     configured_budgets = common.pop("search_budgets", None)
