@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import recbole.trainer.trainer as recbole_trainer
 
 N_ITEMS = 40  # item ids 1..N_ITEMS; RecBole adds the padding id 0
 
@@ -40,10 +41,22 @@ def random_ndcg_at_10(n_items=N_ITEMS):
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """RecBole writes ./log, ./log_tensorboard and ./saved, and parses sys.argv: keep both clean."""
+    """RecBole writes ./log, ./log_tensorboard and ./saved, and parses sys.argv: keep both clean.
+    Every tensorboard writer a RecBole trainer opens is closed before the test leaves its
+    directory: its thread writes to a relative path, which would miss from the next test's."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["pytest"])
-    return tmp_path
+    writers = []
+    open_writer = recbole_trainer.get_tensorboard
+
+    def tracked(logger):
+        writers.append(open_writer(logger))
+        return writers[-1]
+
+    monkeypatch.setattr(recbole_trainer, "get_tensorboard", tracked)
+    yield tmp_path
+    for writer in writers:
+        writer.close()
 
 
 #: The tiny ForwardOFA the tests build on the planted data: three blocks, a four-item real-time
