@@ -106,12 +106,11 @@ def _claim(records, model, reference, bound, ceiling):
     if len(seeds) < FIRST_LOOK:
         return f"{low:+.4f}: {stats.TOO_FEW_SEEDS} (the first look is at {FIRST_LOOK})"
     now = f"{low:+.4f}: {result}"
-    for n in range(FIRST_LOOK, len(seeds) + 1):
+    for n in range(FIRST_LOOK, len(seeds)):  # the earlier looks; this one is ``now``
         first_low, first, _ = _claim_look(records, model, reference, bound, ceiling, seeds[:n])
         if first == "met":
-            return (f"{now} (first at {n} seeds)" if n == len(seeds)
-                    else f"{now}; claimed at {n} seeds ({first_low:+.4f})")
-    return now
+            return f"{now}; claimed at {n} seeds ({first_low:+.4f})"
+    return f"{now} (first at {len(seeds)} seeds)" if result == "met" else now
 
 
 def _cells(row):
