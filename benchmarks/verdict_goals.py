@@ -12,7 +12,8 @@ the sensitivity rows (:data:`SENSITIVITY`), which repeat a goal against another 
 
 Test seeds are added one at a time toward a planned number (what the measured spread needs for
 the target minimum detectable difference, at most :data:`LAST_LOOK`), so each goal's "result at
-95%" is an interim look until its planned seeds are in, when it is decided once. The last column
+95%" is an interim look until its planned seeds are in, when it is decided once
+(:func:`_decided_at` says at which look; the cell shows the result there). The last column
 says whether a goal can be claimed before then: its bound checked on the interval at
 :data:`CLAIM_CONFIDENCE`, Bonferroni over every look the plan can take (a claim at any look then
 keeps the plan's error rate at 5%), at this look and, where an earlier look met it, at the first
@@ -64,6 +65,16 @@ SENSITIVITY = {"SASRec-6": "SASRec-6@learning_rate=0.002"}
 FIRST_LOOK, LAST_LOOK = 3, 20
 LOOKS = LAST_LOOK - FIRST_LOOK + 1
 CLAIM_CONFIDENCE = 1 - 0.05 / LOOKS
+#: when a goal is decided at 95%: at the first look after RULE_FROM whose seeds reach the plan
+#: made at the look before (the spread there, "seeds for MDE", capped at LAST_LOOK), at LAST_LOOK
+#: at the latest. The rule was written down on 2026-12-06 at 10 paired seeds, before any later
+#: seed was tabulated, so it only decides later looks; the looks before it decided as the docs
+#: recorded them while they were made (RECORDED: the comparison and the look). Read back onto
+#: those looks it would have decided adaptSASRec's goal 3 from its pilot's three close
+#: differences, which the docs never did: a plan from 3 seeds' spread is not one to stop on.
+RULE_FROM = 10
+RECORDED = {("ForwardOFA", f"ForwardOFA {SEARCHED}"): 7, (ADAPT, "SASRec-3"): 7,
+            (ADAPT, "SASRec-6@learning_rate=0.002"): 8}
 
 #: the switches' pilot: the seeds the adoption rule reads, and the rule's parts. A switch is
 #: adopted when its mean paired valid difference from ForwardOFA is above 0 and it is ahead on at
@@ -86,13 +97,19 @@ def _compare(records, model, reference, **options):
     return next((row for row in rows if row["model"] == model), None)
 
 
+def _look(records, model, reference, confidence, seeds=None):
+    """(the comparison row at ``confidence``, its paired seeds in ascending order) over
+    ``seeds`` (default: every seed both models finished); no per-user tests."""
+    if seeds is not None:
+        records = [r for r in records if r["seed"] in seeds]
+    row = _compare(records, model, reference, confidence=confidence, n_resamples=0)
+    return row, sorted(int(item.partition(":")[0]) for item in row["seed_diffs"].split(";") if item)
+
+
 def _claim_look(records, model, reference, bound, ceiling, seeds=None):
     """(interval's low end at :data:`CLAIM_CONFIDENCE`, goal result, paired seeds) over
     ``seeds`` (default: every seed both models finished)."""
-    if seeds is not None:
-        records = [r for r in records if r["seed"] in seeds]
-    row = _compare(records, model, reference, confidence=CLAIM_CONFIDENCE, n_resamples=0)
-    paired = sorted(int(item.partition(":")[0]) for item in row["seed_diffs"].split(";") if item)
+    row, paired = _look(records, model, reference, CLAIM_CONFIDENCE, seeds)
     return row["ci_low"], stats.goal_result(row, bound, ceiling), paired
 
 
@@ -111,6 +128,33 @@ def _claim(records, model, reference, bound, ceiling):
         if first == "met":
             return f"{now}; claimed at {n} seeds ({first_low:+.4f})"
     return f"{now} (first at {len(seeds)} seeds)" if result == "met" else now
+
+
+def _decided_at(records, model, reference):
+    """The look (number of paired seeds) at which the comparison's goals were decided at 95%,
+    or None while they are interim: :data:`RECORDED`, else :data:`RULE_FROM`'s rule."""
+    _, seeds = _look(records, model, reference, 0.95)
+    recorded = RECORDED.get((model, reference))
+    if recorded is not None and recorded <= len(seeds):
+        return recorded
+    for n in range(max(RULE_FROM, FIRST_LOOK) + 1, len(seeds) + 1):
+        planned = _look(records, model, reference, 0.95, seeds[:n - 1])[0]["seeds_needed"]
+        if n >= LAST_LOOK or n >= min(planned, LAST_LOOK):  # NaN: more than MAX_SEEDS
+            return n
+    return None
+
+
+def _result(records, model, reference, bound, ceiling):
+    """The "result at 95%" cell: the goal's result at the look that decided it, or at this
+    look while it is interim."""
+    row, seeds = _look(records, model, reference, 0.95)
+    result = stats.goal_result(row, bound, ceiling)
+    decided = None if result == stats.TOO_FEW_SEEDS else _decided_at(records, model, reference)
+    if decided is None:
+        return result if result == stats.TOO_FEW_SEEDS else f"{result} (interim)"
+    at = _look(records, model, reference, 0.95, seeds[:decided])[0]
+    return (f"{stats.goal_result(at, bound, ceiling)} (decided at {decided} seeds: "
+            f"{comparison_text(at)['difference']})")
 
 
 def _cells(row):
@@ -135,7 +179,7 @@ def goal_rows(records):
                 if row is not None:
                     rows.append([goal if other == reference else f"(sensitivity) {goal}",
                                  f"{model} - {other}", *_cells(row), need,
-                                 stats.goal_result(row, bound, ceiling),
+                                 _result(records, model, other, bound, ceiling),
                                  _claim(records, model, other, bound, ceiling)])
         row = _compare(records, f"{model} {ORACLE}", model)
         if row is not None:

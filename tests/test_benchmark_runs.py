@@ -15,7 +15,7 @@ import torch
 from conftest import cli_flags
 
 from recbole_fofa import cli
-from recbole_fofa.benchmark import queue, runner, tuning, workers
+from recbole_fofa.benchmark import queue, runner, stats, tuning, workers
 from recbole_fofa.benchmark.report import BenchmarkReport
 from recbole_fofa.benchmark.runner import run_benchmark
 from recbole_fofa.benchmark.status import (
@@ -427,7 +427,7 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert [row[0] for row in rows if row[1] == sensitivity] == [
         "(sensitivity) same quality at half the cost",
         "(sensitivity) beyond: better than SASRec-6 at half the cost"]
-    assert [row[-2] for row in rows if row[1] == sensitivity] == ["met", "met"]
+    assert [row[-2] for row in rows if row[1] == sensitivity] == ["met (interim)"] * 2
     # the benchmark's report pairs every routed model with its own search and oracle
     pairs = {(c["model"], c["reference"])
              for c in BenchmarkReport(records, {"reference": "SASRec-6"}).comparisons()}
@@ -442,10 +442,11 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert by_goal["same quality at half the cost"][6] == "4/4"
     assert by_goal["better than a static model of equal cost"][6] == "4/4"
     assert by_goal["same quality at half the cost"][5] == "-0.0006 -0.0002 +0.0002 +0.0006"
-    assert by_goal["same quality at half the cost"][-2] == "met"
-    assert by_goal["better than a static model of equal cost"][-2] == "met"
-    assert by_goal["per-user structure pays"][-2] == "met"
-    assert by_goal["beyond: better than SASRec-6 at half the cost"][-2] == "not met"
+    # 4 seeds: every result is an interim look (the rule decides from the 11th look on)
+    assert by_goal["same quality at half the cost"][-2] == "met (interim)"
+    assert by_goal["better than a static model of equal cost"][-2] == "met (interim)"
+    assert by_goal["per-user structure pays"][-2] == "met (interim)"
+    assert by_goal["beyond: better than SASRec-6 at half the cost"][-2] == "not met (interim)"
     # a claim must clear its bound at 1 - 0.05/18: the differences of 0.02 and of 0.01 still
     # do; on 4 seeds the interval of mean 0 (sd 0.00052, t 9.1) reaches below -0.002. Each
     # goal met at 99.7% on 4 seeds was met at the first look already (3 seeds), which is where
@@ -466,7 +467,7 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     # plan's looks start at 3 seeds, and at 99.7% (t 229 on one degree of freedom) the interval
     # is far from the bound anyway
     static = next(row for row in rows[7:] if row[0] == "better than a static model of equal cost")
-    assert static[-2:] == ["met", "-0.0725: too few seeds (the first look is at 3)"]
+    assert static[-2:] == ["met (interim)", "-0.0725: too few seeds (the first look is at 3)"]
     assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0292, +0.0308]")
 
 
@@ -502,6 +503,54 @@ def test_verdict_claim_stands_at_the_first_look_that_makes_it(tmp_path):
     two = [r for r in records if r["seed"] in (1, 2)]
     assert goals["_claim"](two, "ForwardOFA", "SASRec-3", -1.0, math.inf) == (
         f"{_low([0.0100, 0.0101]):+.4f}: too few seeds (the first look is at 3)")
+
+
+def test_verdict_goal_is_decided_when_its_planned_seeds_are_in():
+    """Planted on 12 seeds: ForwardOFA is SASRec-3 plus 0.010 with a spread of 0.001 (a plan of a
+    few seeds), and plus 0.010 with a spread of 0.02 against SASRec-6 (a plan beyond 12 seeds).
+    The rule decides from the 11th look on: the first whose seeds reach the plan made at the
+    look before; later seeds show the result at that look. adaptSASRec's goal against SASRec-3
+    was recorded as decided at 7 seeds, before the rule: its result is read at 7."""
+    goals = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                        "verdict_goals.py"))
+    base = [0.0] * 50 + [1.0] * 50
+    noise = [0.001 * (-1) ** seed * (seed % 3) for seed in range(1, 13)]
+    records = []
+    for seed in range(1, 13):
+        small, large = 0.010 + noise[seed - 1], 0.010 + 20 * noise[seed - 1]
+        records += [dict(_scored(base, 500.0), label="SASRec-3", seed=seed, status="ok"),
+                    dict(_scored([v + 0.05 for v in base], 1000.0), label="SASRec-6",
+                         seed=seed, status="ok"),
+                    dict(_scored([v + small for v in base], 400.0), label="ForwardOFA",
+                         seed=seed, status="ok"),
+                    dict(_scored([v + 0.05 + large for v in base], 400.0),
+                         label=goals["ADAPT"], seed=seed, status="ok")]
+    result = goals["_result"]
+
+    def upto(n):
+        return [r for r in records if r["seed"] <= n]
+
+    def text(diffs):
+        diffs = np.asarray(diffs)
+        low, high = scipy.stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+        return f"{diffs.mean():+.4f} [{low:+.4f}, {high:+.4f}]"
+
+    small = [0.010 + n for n in noise]
+    assert goals["RULE_FROM"] == 10 and goals["LAST_LOOK"] == 20
+    assert result(upto(10), "ForwardOFA", "SASRec-3", 0.0, math.inf) == "met (interim)"
+    assert result(upto(11), "ForwardOFA", "SASRec-3", 0.0, math.inf) == (
+        f"met (decided at 11 seeds: {text(small[:11])})")
+    assert result(records, "ForwardOFA", "SASRec-3", 0.0, math.inf) == (
+        f"met (decided at 11 seeds: {text(small[:11])})")
+    # a spread of 0.02 asks for more than 12 seeds: still interim, and not met at this look
+    assert stats.seeds_needed(float(np.std([20 * n for n in noise[:11]], ddof=1))) > 12
+    assert result(records, goals["ADAPT"], "SASRec-6", 0.0, math.inf) == "not met (interim)"
+    # recorded before the rule: adaptSASRec over SASRec-3, decided at 7 seeds
+    large = [0.060 + 20 * n for n in noise]
+    assert result(records, goals["ADAPT"], "SASRec-3", 0.0, math.inf) == (
+        f"met (decided at 7 seeds: {text(large[:7])})")
+    assert result(upto(6), goals["ADAPT"], "SASRec-3", 0.0, math.inf) == "met (interim)"
+    assert result(upto(1), "ForwardOFA", "SASRec-3", 0.0, math.inf) == stats.TOO_FEW_SEEDS
 
 
 def test_switch_pilot_applies_the_adoption_rule_on_valid_scores(tmp_path, capsys):
