@@ -139,7 +139,7 @@ def _decided_at(records, model, reference):
         return recorded
     for n in range(max(RULE_FROM, FIRST_LOOK) + 1, len(seeds) + 1):
         planned = _look(records, model, reference, 0.95, seeds[:n - 1])[0]["seeds_needed"]
-        if n >= LAST_LOOK or n >= min(planned, LAST_LOOK):  # NaN: more than MAX_SEEDS
+        if n >= planned or n >= LAST_LOOK:  # planned is NaN beyond MAX_SEEDS
             return n
     return None
 
