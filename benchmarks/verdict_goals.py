@@ -19,10 +19,12 @@ says whether a goal can be claimed before then: its bound checked on the interva
 keeps the plan's error rate at 5%), at this look and, where an earlier look met it, at the first
 that did (the claim was made there and stands).
 
-A second table applies the switches' adoption rule (docs/design-notes.md, "The switches' pilot
-and how one is adopted", fixed before any switch ran; :func:`switch_rows`): decided on valid
-NDCG@10 over the pilot's seeds, with each switch's test difference from ForwardOFA reported
-beside it whatever the decision.
+A second table checks each claim two more ways (:func:`robustness_rows`): over the looks of
+every variant that has runs, and with a sign test over seeds that assumes nothing of the
+differences' shape. A third applies the switches' adoption rule (docs/design-notes.md, "The
+switches' pilot and how one is adopted", fixed before any switch ran; :func:`switch_rows`):
+decided on valid NDCG@10 over the pilot's seeds, with each switch's test difference from
+ForwardOFA reported beside it whatever the decision.
 """
 
 import math
@@ -164,28 +166,61 @@ def _cells(row):
             row["users_significant"] or "-", text["macs_ratio"], text["seeds_needed"]]
 
 
+def _goal_comparisons(records):
+    """(goal, model, reference, bound, ceiling) of each goal and sensitivity row whose two
+    models have runs, in the table's order; each variant's oracle row last, bound None."""
+    labels = {r["label"] for r in records}
+    for model in VARIANTS:
+        for goal, reference, bound, ceiling in GOALS:
+            reference = reference.format(model=model)
+            for other in [reference, *([SENSITIVITY[reference]] if reference in SENSITIVITY
+                                       else [])]:
+                if {model, other} <= labels:
+                    yield (goal if other == reference else f"(sensitivity) {goal}", model,
+                           other, bound, ceiling)
+        if {model, f"{model} {ORACLE}"} <= labels:
+            yield "(headroom) oracle routing", f"{model} {ORACLE}", model, None, None
+
+
 def goal_rows(records):
     """One row per (ForwardOFA variant, goal) whose runs exist, then the oracle's headroom."""
     records = records + BenchmarkReport(records, {}).routing_records()
     rows = []
-    for model in VARIANTS:
-        for goal, reference, bound, ceiling in GOALS:
-            reference = reference.format(model=model)
-            need = f"CI low > {bound:+.3f}" + (f", MACs <= {ceiling}x" if ceiling < math.inf
-                                               else "")
-            for other in [reference, *([SENSITIVITY[reference]] if reference in SENSITIVITY
-                                       else [])]:
-                row = _compare(records, model, other)
-                if row is not None:
-                    rows.append([goal if other == reference else f"(sensitivity) {goal}",
-                                 f"{model} - {other}", *_cells(row), need,
-                                 _result(records, model, other, bound, ceiling),
-                                 _claim(records, model, other, bound, ceiling)])
-        row = _compare(records, f"{model} {ORACLE}", model)
-        if row is not None:
-            rows.append(["(headroom) oracle routing", f"{model} {ORACLE} - {model}",
-                         *_cells(row), "", "", ""])
+    for goal, model, other, bound, ceiling in _goal_comparisons(records):
+        row = _compare(records, model, other)
+        if row is None:
+            continue
+        if bound is None:
+            rows.append([goal, f"{model} - {other}", *_cells(row), "", "", ""])
+            continue
+        need = f"CI low > {bound:+.3f}" + (f", MACs <= {ceiling}x" if ceiling < math.inf else "")
+        rows.append([goal, f"{model} - {other}", *_cells(row), need,
+                     _result(records, model, other, bound, ceiling),
+                     _claim(records, model, other, bound, ceiling)])
     return rows
+
+
+def robustness_rows(records):
+    """Two checks beside each goal's claim, for what its t interval over one variant's looks
+    leaves out: the bound on the interval that pays for every look of every variant with runs
+    (Bonferroni over :data:`LOOKS` times their number), and a sign test of the per-seed
+    differences against the bound (:func:`~recbole_fofa.benchmark.stats.sign_test`), which
+    assumes nothing of their shape, with whether its p is below the claim's 0.05 / LOOKS."""
+    records = records + BenchmarkReport(records, {}).routing_records()
+    variants = {r["label"] for r in records} & set(VARIANTS)
+    if not variants:
+        return [], 0, math.nan
+    confidence = 1 - 0.05 / (LOOKS * len(variants))
+    rows = []
+    for goal, model, other, bound, ceiling in _goal_comparisons(records):
+        if bound is None:
+            continue
+        row, seeds = _look(records, model, other, confidence)
+        above, apart, p = stats.sign_test(row["diffs"], bound)
+        rows.append([goal, f"{model} - {other}", len(seeds),
+                     f"{row['ci_low']:+.5f}: {stats.goal_result(row, bound, ceiling)}",
+                     f"{above}/{apart}", f"{p:.4f}", "yes" if p < 1 - CLAIM_CONFIDENCE else "no"])
+    return rows, LOOKS * len(variants), confidence
 
 
 def _valid_diffs(records, switch):
@@ -240,6 +275,8 @@ GOAL_COLUMNS = ["goal", "comparison (test NDCG@10)", "seeds", "mean diff [95% CI
                 "per seed", "seeds with users p < 0.05", "MACs ratio",
                 f"seeds for MDE {stats.TARGET_MDE}", "needs", "result at 95%",
                 f"claim ({CLAIM_CONFIDENCE:.1%}: {LOOKS} looks)"]
+ROBUSTNESS_COLUMNS = ["goal", "comparison (test NDCG@10)", "seeds", "low end: result",
+                      "seeds above the bound", "sign test p", f"p < {1 - CLAIM_CONFIDENCE:.4f}"]
 SWITCH_COLUMNS = ["switch", "pilot seeds", "valid diff per seed", "mean valid diff",
                   "seeds ahead", "decision", "test diff [95% CI] vs ForwardOFA", "test verdict"]
 
@@ -259,6 +296,11 @@ def main(argv):
     records = finished_runs(folder)
     print_folder_table([folder], lambda _: _shown(goal_rows(records)), "no pair of models has "
                        "finished test runs on common seeds yet", GOAL_COLUMNS)
+    robust, looks, confidence = robustness_rows(records)
+    if robust:
+        print(f"\nThe claims' bounds over every variant's looks ({confidence:.2%}: {looks} "
+              "looks), and a sign test of the per-seed differences against each bound:\n")
+        print(format_table(_shown(robust), ROBUSTNESS_COLUMNS, style="markdown"))
     switches = switch_rows(records)
     if switches:
         print("\nThe switches' pilot (decided on valid NDCG@10; test reported beside it):\n")

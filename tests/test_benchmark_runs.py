@@ -469,6 +469,18 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     static = next(row for row in rows[7:] if row[0] == "better than a static model of equal cost")
     assert static[-2:] == ["met (interim)", "-0.0725: too few seeds (the first look is at 3)"]
     assert by_goal["(headroom) oracle routing"][3].startswith("+0.0300 [+0.0292, +0.0308]")
+    # the robustness table: Bonferroni over both variants' looks (36), and a sign test against
+    # each bound: 4 of 4 seeds above it give p = 2 / 16, far from a claim's 0.05 / 18
+    robust, looks, confidence = goals["robustness_rows"](records)
+    assert looks == 36 and confidence == pytest.approx(1 - 0.05 / 36)
+    four = [0.02 + 2 * s for s in (*shifts, 0.0006)]
+    static = next(row for row in robust if row[1] == "ForwardOFA - SASRec-3")
+    assert static == ["better than a static model of equal cost", "ForwardOFA - SASRec-3", 4,
+                      f"{_low(four, 1 - 0.05 / 36):+.5f}: met", "4/4", "0.1250", "no"]
+    beyond = next(row for row in robust if row[0].startswith("beyond"))
+    assert beyond[4:] == ["2/4", "1.0000", "no"]
+    assert not any(row[0].startswith("(headroom)") for row in robust)
+    assert goals["robustness_rows"]([])[:2] == ([], 0)
 
 
 def _low(diffs, confidence=1 - 0.05 / 18):

@@ -72,6 +72,20 @@ def test_a_goal_is_met_only_when_the_interval_clears_its_bound_within_the_cost()
     assert stats.goal_result(dict(row, ci_low=math.nan), -0.005) == stats.TOO_FEW_SEEDS
 
 
+def test_sign_test_counts_seeds_above_the_bound_and_drops_ties():
+    # 9 of 10 above 0: scipy's two-sided exact binomial p, 2 * 11 / 1024
+    diffs = [0.01] * 9 + [-0.003]
+    above, n, p = stats.sign_test(diffs)
+    assert (above, n) == (9, 10) and p == pytest.approx(sps.binomtest(9, 10).pvalue)
+    assert p == pytest.approx(22 / 1024)
+    # against the bound -0.005 every seed is above it; a seed on the bound is dropped
+    assert stats.sign_test(diffs, -0.005)[:2] == (10, 10)
+    assert stats.sign_test(diffs + [-0.005], -0.005)[:2] == (10, 10)
+    assert stats.sign_test([0.0, 0.02, 0.03])[:2] == (2, 2)
+    above, n, p = stats.sign_test([0.0, 0.0])
+    assert (above, n) == (0, 0) and math.isnan(p)
+
+
 def test_user_permutation_test_finds_a_planted_shift_and_not_noise():
     rng = np.random.default_rng(0)
     ref = rng.binomial(1, 0.3, size=900).astype(float)
@@ -119,12 +133,16 @@ def test_compare_pairs_by_seed_and_writes_the_csv(tmp_path):
     assert np.mean([float(v) for v in per_seed.values()]) == pytest.approx(fofa["mean_diff"],
                                                                           abs=1e-4)
     assert rows["Same"]["verdict"] == "no difference" and rows["Same"]["user_p_values"] == ""
+    # the unrounded per-seed differences ride along for tests over seeds, not into the CSV
+    assert fofa["diffs"] == pytest.approx([float(v) for v in per_seed.values()], abs=5e-5)
+    assert np.mean(fofa["diffs"]) == pytest.approx(fofa["mean_diff"])
     path = stats.write_comparisons(list(rows.values()), tmp_path / "comparisons.csv")
     with path.open() as handle:
         read = list(csv.DictReader(handle))
     assert list(read[0])[:9] == ["model", "reference", "metric", "n_seeds", "mean_diff",
                                  "ci_low", "ci_high", "p_value", "verdict"]
     assert {r["model"] for r in read} == {"ForwardOFA", "Same"}
+    assert "diffs" not in read[0]
     with pytest.raises(ValueError, match="reference model 'SASRec-2'"):
         stats.compare(records, "SASRec-2", ["ndcg@10"])
     # n_resamples=0: the same interval over seeds (wider at a higher confidence), no user tests

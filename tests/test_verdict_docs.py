@@ -33,7 +33,7 @@ def _pair(comparison):
     if model.strip() == ORACLE:
         return f"{_label(reference)} {ORACLE}", _label(reference)
     model = _label(model)
-    if reference.startswith("its best fixed sub-network"):
+    if reference.startswith("its best fixed sub-network") or reference.endswith(SEARCHED):
         return model, f"{model} {SEARCHED}"
     return model, _label(reference)
 
@@ -54,8 +54,13 @@ def _table(path, header):
 
 
 @pytest.fixture(scope="module")
-def records():
-    runs = finished_runs(os.path.join(ROOT, VERDICT_FOLDER))
+def runs():
+    return finished_runs(os.path.join(ROOT, VERDICT_FOLDER))
+
+
+@pytest.fixture(scope="module")
+def records(runs):
+    """The stored runs and what their routing scored (``<label> search@own``, ``oracle``)."""
     return runs + BenchmarkReport(runs, {}).routing_records()
 
 
@@ -87,6 +92,21 @@ def test_verdict_table_is_what_the_stored_runs_give(records, path, header, colum
         assert row["MACs ratio"] == want["macs_ratio"], where
         if "per seed" in row:
             assert row["per seed"] == want["per_seed"], where
+
+
+def test_robustness_table_is_what_the_stored_runs_give(runs, records):
+    """docs/benchmarks.md's table of the claims' two extra checks, row by row, against
+    ``verdict_goals.robustness_rows`` over the seeds the row states."""
+    rows = _table("docs/benchmarks.md", "| goal | comparison (test NDCG@10) | seeds | low end")
+    assert len(rows) >= 10
+    for row in rows:
+        model, reference = _pair(row["comparison (test NDCG@10)"])
+        _, seeds = GOALS["_look"](records, model, reference, 0.95)
+        first = set(seeds[:int(row["seeds"])])
+        computed = GOALS["robustness_rows"]([r for r in runs if r["seed"] in first])[0]
+        want = next(cells for cells in GOALS["_shown"](computed)
+                    if cells[:2] == [row["goal"], row["comparison (test NDCG@10)"]])
+        assert list(row.values()) == [str(cell) for cell in want], row
 
 
 def test_docs_names_map_to_benchmark_labels():

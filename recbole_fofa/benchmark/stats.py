@@ -17,8 +17,8 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["COMPARISON_COLUMNS", "TARGET_MDE", "compare", "goal_result",
-           "min_detectable_difference", "seed_interval", "seeds_needed", "user_permutation_p",
-           "verdict", "write_comparisons"]
+           "min_detectable_difference", "seed_interval", "seeds_needed", "sign_test",
+           "user_permutation_p", "verdict", "write_comparisons"]
 
 COMPARISON_COLUMNS = ["model", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
                       "ci_high", "p_value", "verdict", "sd_diff", "mde", "model_mean",
@@ -91,6 +91,20 @@ def seeds_needed(sd: float, target: float = TARGET_MDE, alpha: float = 0.05,
     while n <= MAX_SEEDS and min_detectable_difference(sd, n, alpha, power) > target:
         n += 1
     return n if n <= MAX_SEEDS else math.nan
+
+
+def sign_test(diffs: Sequence[float], bound: float = 0.0):
+    """``(above, n, p)``: how many per-seed differences lie above ``bound``, of the ``n`` that
+    do not equal it (up to :data:`SAME_DIFF`), and the two-sided exact binomial test of that
+    count at one half (``scipy.stats.binomtest``). It assumes nothing of the differences' shape,
+    where a t interval assumes them normal (a reference that stalls on some seeds makes them
+    bimodal). No difference apart from ``bound`` gives p NaN."""
+    diffs = np.asarray(diffs, dtype=np.float64) - bound
+    apart = diffs[np.abs(diffs) > SAME_DIFF]
+    above = int((apart > 0).sum())
+    if apart.size == 0:
+        return 0, 0, math.nan
+    return above, int(apart.size), float(stats.binomtest(above, apart.size, 0.5).pvalue)
 
 
 def user_permutation_p(model_values, reference_values, n_resamples: int = 9999,
@@ -200,6 +214,8 @@ def compare(records: Iterable[Mapping], reference: str, metrics: Sequence[str],
                 "seeds_needed": seeds_needed(power_sd, target_mde, 1 - confidence),
                 # each seed's difference: one run that stalls shows here, not only in the spread
                 "seed_diffs": ";".join(f"{s}:{d:+.4f}" for s, d in zip(seeds, diffs)),
+                # the same unrounded, for tests over seeds (not written to comparisons.csv)
+                "diffs": diffs.tolist(),
             })
     return rows
 
