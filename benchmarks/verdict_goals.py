@@ -101,10 +101,13 @@ def _compare(records, model, reference, **options):
 
 def _look(records, model, reference, confidence, seeds=None):
     """(the comparison row at ``confidence``, its paired seeds in ascending order) over
-    ``seeds`` (default: every seed both models finished); no per-user tests."""
+    ``seeds`` (default: every seed both models finished); no per-user tests. (None, []) when
+    the two models share no seed."""
     if seeds is not None:
         records = [r for r in records if r["seed"] in seeds]
     row = _compare(records, model, reference, confidence=confidence, n_resamples=0)
+    if row is None:
+        return None, []
     return row, sorted(int(item.partition(":")[0]) for item in row["seed_diffs"].split(";") if item)
 
 
@@ -216,6 +219,8 @@ def robustness_rows(records):
         if bound is None:
             continue
         row, seeds = _look(records, model, other, confidence)
+        if row is None:
+            continue
         above, apart, p = stats.sign_test(row["diffs"], bound)
         rows.append([goal, f"{model} - {other}", len(seeds),
                      f"{row['ci_low']:+.5f}: {stats.goal_result(row, bound, ceiling)}",

@@ -481,6 +481,11 @@ def test_verdict_goals_check_the_stored_runs_against_the_fixed_bounds(tmp_path):
     assert beyond[4:] == ["2/4", "1.0000", "no"]
     assert not any(row[0].startswith("(headroom)") for row in robust)
     assert goals["robustness_rows"]([])[:2] == ([], 0)
+    # models with runs on no common seed have no row, in either table
+    apart = [dict(r, seed=9, routing=None) if r["label"] == "ForwardOFA" else r
+             for r in records if r["label"] in ("ForwardOFA", "SASRec-3")]
+    assert goals["robustness_rows"](apart)[:2] == ([], 18)
+    assert goals["goal_rows"](apart) == []
 
 
 def _low(diffs, confidence=1 - 0.05 / 18):
