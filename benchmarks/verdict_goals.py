@@ -135,10 +135,10 @@ def _claim(records, model, reference, bound, ceiling):
     return f"{now} (first at {len(seeds)} seeds)" if result == "met" else now
 
 
-def _decided_at(records, model, reference):
+def _decided_at(records, model, reference, seeds):
     """The look (number of paired seeds) at which the comparison's goals were decided at 95%,
-    or None while they are interim: :data:`RECORDED`, else :data:`RULE_FROM`'s rule."""
-    _, seeds = _look(records, model, reference, 0.95)
+    or None while they are interim: :data:`RECORDED`, else :data:`RULE_FROM`'s rule.
+    ``seeds``: the two models' paired seeds in ascending order (:func:`_look`)."""
     recorded = RECORDED.get((model, reference))
     if recorded is not None and recorded <= len(seeds):
         return recorded
@@ -154,7 +154,8 @@ def _result(records, model, reference, bound, ceiling):
     look while it is interim."""
     row, seeds = _look(records, model, reference, 0.95)
     result = stats.goal_result(row, bound, ceiling)
-    decided = None if result == stats.TOO_FEW_SEEDS else _decided_at(records, model, reference)
+    decided = (None if result == stats.TOO_FEW_SEEDS
+               else _decided_at(records, model, reference, seeds))
     if decided is None:
         return result if result == stats.TOO_FEW_SEEDS else f"{result} (interim)"
     at = _look(records, model, reference, 0.95, seeds[:decided])[0]
