@@ -1,56 +1,21 @@
-"""The verdict tables in README.md and docs/benchmarks.md are copied by hand from
-``benchmarks/verdict_goals.py``'s output: each row must be what the stored runs
-(benchmarks/results/verdict/runs) give over the number of seeds the row states, the first paired
-test seeds in ascending order (the order they ran). A typo, a row left at an older look beside
-newer ones, or a run file changed after the docs were written fails here."""
+"""The verdict tables in README.md and docs/benchmarks.md are ``benchmarks/verdict_goals.py``'s
+output (``benchmarks/verdict_tables.py`` rewrites their computed cells for a new look): each row
+must be what the stored runs (benchmarks/results/verdict/runs) give over the number of seeds the
+row states, the first paired test seeds in ascending order (the order they ran). A typo, a row
+left at an older look beside newer ones, or a run file changed after the docs were written fails
+here."""
 
 import os
-import re
 import runpy
 
 import pytest
 
-from recbole_fofa.benchmark.report import ORACLE, SEARCHED, BenchmarkReport, comparison_text
+from recbole_fofa.benchmark.report import SEARCHED, BenchmarkReport, comparison_text
 from recbole_fofa.benchmark.status import VERDICT_FOLDER, finished_runs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-GOALS = runpy.run_path(os.path.join(ROOT, "benchmarks", "verdict_goals.py"))
-#: how the docs name a model, and its benchmark label
-NAMES = {**{name: label for label, name in GOALS["SHOWN"].items()},
-         "the SASRec-6 at lr 0.002 it starts from": "SASRec-6 at lr 0.002"}
-
-
-def _label(name):
-    name = re.sub(r" \(.*\)$", "", name.strip())
-    name = NAMES.get(name, name)
-    return re.sub(r" at lr (\S+)$", r"@learning_rate=\1", name)
-
-
-def _pair(comparison):
-    """(model, reference) labels of a docs comparison such as "ForwardOFA - SASRec-3 (lr
-    0.004)", "oracle - ForwardOFA" or "adaptSASRec - its best fixed sub-network at its MACs"."""
-    model, reference = comparison.split(" - ", 1)
-    if model.strip() == ORACLE:
-        return f"{_label(reference)} {ORACLE}", _label(reference)
-    model = _label(model)
-    if reference.startswith("its best fixed sub-network") or reference.endswith(SEARCHED):
-        return model, f"{model} {SEARCHED}"
-    return model, _label(reference)
-
-
-def _table(path, header):
-    """The rows (lists of cells) of the markdown table whose header row starts with
-    ``header``."""
-    with open(os.path.join(ROOT, path), encoding="utf-8") as file:
-        lines = file.read().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    columns = [cell.strip() for cell in lines[start].strip("|").split("|")]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|")))))
-    return rows
+TABLES = runpy.run_path(os.path.join(ROOT, "benchmarks", "verdict_tables.py"))
+GOALS, _pair, _table = TABLES["GOALS"], TABLES["pair"], TABLES["table"]
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +39,16 @@ def _computed(records, model, reference, n_seeds):
     return dict(comparison_text(row), per_seed=per_seed, verdict=row["verdict"])
 
 
-TABLES = [("docs/benchmarks.md", "| goal (bound", "comparison, test NDCG@10"),
-          ("README.md", "| comparison (test NDCG@10)", "comparison (test NDCG@10)")]
+VERDICT_TABLES = [TABLES["GOAL_TABLE"], TABLES["README_TABLE"]]
 
 
-@pytest.mark.parametrize("path, header, column", TABLES, ids=[t[0] for t in TABLES])
+@pytest.mark.parametrize("path, header, column", VERDICT_TABLES,
+                         ids=[t[0] for t in VERDICT_TABLES])
 def test_verdict_table_is_what_the_stored_runs_give(records, path, header, column):
-    rows = _table(path, header)
+    _check_rows(records, path, _table(path, header), column)
+
+
+def _check_rows(records, path, rows, column):
     assert len(rows) >= 9
     for row in rows:
         model, reference = _pair(row[column])
@@ -97,7 +65,10 @@ def test_verdict_table_is_what_the_stored_runs_give(records, path, header, colum
 def test_robustness_table_is_what_the_stored_runs_give(runs, records):
     """docs/benchmarks.md's table of the claims' two extra checks, row by row, against
     ``verdict_goals.robustness_rows`` over the seeds the row states."""
-    rows = _table("docs/benchmarks.md", "| goal | comparison (test NDCG@10) | seeds | low end")
+    _check_robustness(runs, records, _table(*TABLES["ROBUSTNESS_TABLE"][:2]))
+
+
+def _check_robustness(runs, records, rows):
     assert len(rows) >= 10
     for row in rows:
         model, reference = _pair(row["comparison (test NDCG@10)"])
@@ -107,6 +78,26 @@ def test_robustness_table_is_what_the_stored_runs_give(runs, records):
         want = next(cells for cells in GOALS["_shown"](computed)
                     if cells[:2] == [row["goal"], row["comparison (test NDCG@10)"]])
         assert list(row.values()) == [str(cell) for cell in want], row
+
+
+@pytest.mark.slow
+def test_verdict_tables_rewrites_every_table_to_an_earlier_look(runs, records):
+    """benchmarks/verdict_tables.py over the pilot's test seeds alone: every row of the three
+    tables then states 3 seeds and is what the stored runs give there, and the prose cells
+    (the README's goal column) are kept."""
+    pilot = [r for r in runs if r["seed"] <= max(GOALS["PILOT_SEEDS"])]
+    texts = TABLES["rewritten"](pilot)
+    for path, header, column in VERDICT_TABLES:
+        rows = _table(path, header, texts[path][0])
+        assert {row["seeds"] for row in rows} == {"3"}
+        _check_rows(records, path, rows, column)
+        assert texts[path][1], f"{path}: nothing changed"
+    readme = _table(*TABLES["README_TABLE"][:2])
+    rewritten = _table(*TABLES["README_TABLE"][:2], texts["README.md"][0])
+    assert [list(r.values())[-1] for r in rewritten] == [list(r.values())[-1] for r in readme]
+    robustness = _table(*TABLES["ROBUSTNESS_TABLE"][:2], texts["docs/benchmarks.md"][0])
+    assert {row["seeds"] for row in robustness} == {"3"}
+    _check_robustness(runs, records, robustness)
 
 
 def test_docs_names_map_to_benchmark_labels():
