@@ -62,7 +62,9 @@ def _row(cells):
 def table_span(lines, header):
     """(index of the header row, index after the last row) of the markdown table in ``lines``
     whose header row starts with ``header``."""
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    start = next((i for i, line in enumerate(lines) if line.startswith(header)), None)
+    if start is None:
+        raise ValueError(f"no markdown table whose header row starts with {header!r}")
     end = start + 2
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
@@ -82,8 +84,11 @@ def table(path, header, text=None):
 
 
 def _comparison(records, model, reference):
-    n_seeds, difference, verdict, per_seed, users, macs, _ = GOALS["_cells"](
-        GOALS["_compare"](records, model, reference))
+    row = GOALS["_compare"](records, model, reference)
+    if row is None:
+        raise ValueError(f"{model} - {reference}: the two models have no stored test seed in "
+                         "common (a docs name that maps to no benchmark label?)")
+    n_seeds, difference, verdict, per_seed, users, macs, _ = GOALS["_cells"](row)
     return {"MACs ratio": macs, "seeds": n_seeds, "difference [95% CI]": difference,
             "verdict": verdict, "per seed": per_seed, "users p < 0.05": users}
 
@@ -130,11 +135,10 @@ def rewritten(runs):
                 ("MACs ratio", "seeds", "difference [95% CI]", "verdict")}
 
     texts = {}
-    for path, edits in (("docs/benchmarks.md", [(GOAL_TABLE[1], goal_cells)]),
-                        ("README.md", [(README_TABLE[1], readme_cells)])):
+    for (path, header, _), cells_of in ((GOAL_TABLE, goal_cells), (README_TABLE, readme_cells)):
         with open(os.path.join(ROOT, path), encoding="utf-8") as file:
             lines = file.read().split("\n")
-        changed = [c for header, cells_of in edits for c in _rewrite(lines, header, cells_of)]
+        changed = _rewrite(lines, header, cells_of)
         if path == ROBUSTNESS_TABLE[0]:
             start, end = table_span(lines, ROBUSTNESS_TABLE[1])
             new = [_row(row) for row in GOALS["_shown"](GOALS["robustness_rows"](runs)[0])]

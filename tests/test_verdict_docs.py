@@ -108,3 +108,10 @@ def test_docs_names_map_to_benchmark_labels():
     assert _pair("oracle - ForwardOFA") == ("ForwardOFA oracle", "ForwardOFA")
     assert _pair("adaptSASRec - its best fixed sub-network at its MACs") == (
         adapt, f"{adapt} {SEARCHED}")
+
+
+def test_verdict_tables_names_what_it_cannot_find():
+    with pytest.raises(ValueError, match="no markdown table whose header row starts with"):
+        TABLES["table"]("README.md", "| no such header")
+    with pytest.raises(ValueError, match="no stored test seed in common"):
+        TABLES["_comparison"]([], "ForwardOFA", "SASRec-7")
