@@ -8,7 +8,9 @@ whose seed is at most SEED (default: every stored run): the docs' goal table (MA
 difference, verdict, per seed, users, goal at 95%, claim), its robustness table (whole), and the
 README table's MACs ratio, seeds, difference and verdict. The prose cells (the README's goal
 column, the docs' first column and the switch row's decision) and the text around the tables are
-left to the writer. Without ``--write`` it prints the rows that would change. The names the docs
+left to the writer. Without ``--write`` it prints the rows that would change. At its end it
+prints the command (:func:`folder_command`) that brings the verdict folder's own
+``comparisons.csv`` and ``benchmark.md`` to the same look. The names the docs
 give the models (:func:`pair`) are the ones ``tests/test_verdict_docs.py`` checks the tables
 with, row by row at the number of seeds each states.
 """
@@ -148,6 +150,21 @@ def rewritten(runs):
     return texts
 
 
+def folder_command(runs):
+    """The command that rewrites the verdict folder's own output (``benchmark.md``,
+    ``comparisons.csv``; the tests check it against the README) at this look: the benchmark over
+    the models of the README's table and the test seeds every one of them finished in ``runs``.
+    It trains nothing; its per-user tests take ~10-20 minutes on 2 cores."""
+    labels = {r["label"] for r in runs}
+    models = []
+    for row in table(*README_TABLE[:2]):
+        models += [label for label in pair(row[README_TABLE[2]])
+                   if label in labels and label not in models]
+    seeds = set.intersection(*({r["seed"] for r in runs if r["label"] == m} for m in models))
+    return (f"bash benchmarks/verdict.sh --model=\"{','.join(models)}\" "
+            f"--seeds={','.join(map(str, sorted(seeds)))}")
+
+
 def main(argv):
     through = next((int(a.partition("=")[2]) for a in argv if a.startswith("--through=")), None)
     unknown = [a for a in argv if a != "--write" and not a.startswith("--through=")]
@@ -162,6 +179,7 @@ def main(argv):
             with open(os.path.join(ROOT, path), "w", encoding="utf-8") as file:
                 file.write(text)
     print("written" if "--write" in argv else "dry run: --write rewrites the files")
+    print(f"the folder's benchmark.md and comparisons.csv at this look:\n  {folder_command(runs)}")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ row states, the first paired test seeds in ascending order (the order they ran).
 left at an older look beside newer ones, or a run file changed after the docs were written fails
 here."""
 
+import csv
 import os
 import runpy
 
 import pytest
 
-from recbole_fofa.benchmark.report import SEARCHED, BenchmarkReport, comparison_text
+from recbole_fofa.benchmark.report import PRIMARY, SEARCHED, BenchmarkReport, comparison_text
 from recbole_fofa.benchmark.status import VERDICT_FOLDER, finished_runs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -100,6 +101,29 @@ def test_verdict_tables_rewrites_every_table_to_an_earlier_look(runs, records):
     _check_robustness(runs, records, robustness)
 
 
+def test_stored_comparisons_are_at_the_readme_look():
+    """The benchmark's own ``comparisons.csv`` beside the verdict's runs is at the look the README
+    tabulates: every README row against SASRec-6 appears there, over the same seeds, with the
+    same difference. A run of a subset of the models, or a look tabulated in the docs but not
+    rewritten there, leaves it stale; that fails here."""
+    with open(os.path.join(ROOT, VERDICT_FOLDER, "comparisons.csv"), encoding="utf-8") as file:
+        stored = {(row["model"], row["reference"]): row for row in csv.DictReader(file)
+                  if row["metric"] == PRIMARY}
+    checked = 0
+    for row in _table(*TABLES["README_TABLE"][:2]):
+        model, reference = _pair(row[TABLES["README_TABLE"][2]])
+        if reference != "SASRec-6":
+            continue
+        where = f"comparisons.csv: {model} - {reference}"
+        assert (model, reference) in stored, where
+        numbers = {key: float(stored[model, reference][key])
+                   for key in ("mean_diff", "ci_low", "ci_high", "macs_ratio")}
+        assert stored[model, reference]["n_seeds"] == row["seeds"], where
+        assert comparison_text(dict(numbers, seeds_needed=0))["difference"] == (
+            row["difference [95% CI]"]), where
+        checked += 1
+    assert checked >= 2
+
 def test_docs_names_map_to_benchmark_labels():
     assert _pair("ForwardOFA - SASRec-3 (lr 0.004)") == ("ForwardOFA", "SASRec-3")
     adapt = GOALS["ADAPT"]
@@ -115,3 +139,15 @@ def test_verdict_tables_names_what_it_cannot_find():
         TABLES["table"]("README.md", "| no such header")
     with pytest.raises(ValueError, match="no stored test seed in common"):
         TABLES["_comparison"]([], "ForwardOFA", "SASRec-7")
+
+
+def test_folder_command_covers_the_readme_models_at_the_look(runs):
+    """The command verdict_tables prints for the folder's own output names every benchmark
+    model of the README's table and the test seeds all of them finished up to the look."""
+    pilot = [r for r in runs if r["seed"] <= max(GOALS["PILOT_SEEDS"])]
+    command = TABLES["folder_command"](pilot)
+    models = command.split('--model="')[1].split('"')[0].split(",")
+    assert models[:2] == ["ForwardOFA", "SASRec-6"]
+    assert {GOALS["ADAPT"], "SASRec-3", "SASRec-2", "SASRec-6@learning_rate=0.002"} <= set(models)
+    assert not any(SEARCHED in m or m.endswith("oracle") for m in models)
+    assert command.endswith("--seeds=2020,2021,2022")
