@@ -124,6 +124,7 @@ def test_stored_comparisons_are_at_the_readme_look():
         checked += 1
     assert checked >= 2
 
+
 def test_docs_names_map_to_benchmark_labels():
     assert _pair("ForwardOFA - SASRec-3 (lr 0.004)") == ("ForwardOFA", "SASRec-3")
     adapt = GOALS["ADAPT"]
