@@ -305,3 +305,21 @@ def test_routing_compares_the_controller_with_fixed_subnetworks_and_the_oracle(b
         assert run["mean blocks"] == pytest.approx(record["test"]["blocks"], abs=1e-3)
         assert 1 <= run["structures"] <= run["users"] and 0 < run["top share"] <= 1
         assert len(run["top structure"]) == len(run["search@own"]) == config["n_blocks"]
+
+
+def test_benchmarks_started_at_once_on_one_folder_all_start(tmp_path):
+    """Each benchmark checks the folder writable with a probe file of its own: with one shared
+    probe name, one could delete another's probe between that one's write and unlink, and a
+    second process started beside the first (as the docs suggest, to share the runs) failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: runner.writable_runs_dir(tmp_path / "out"), range(400)))
+    assert set(folders) == {tmp_path / "out" / "runs"}
+    assert list(folders[0].iterdir()) == []
+
+
+def test_an_output_that_cannot_hold_runs_is_a_clear_error(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="--output .*a-file: cannot write runs there"):
+        runner.writable_runs_dir(tmp_path / "a-file")

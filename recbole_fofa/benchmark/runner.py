@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -446,6 +447,20 @@ def _read_record(path):
         return None
 
 
+def writable_runs_dir(output_dir) -> Path:
+    """``output_dir/runs``, created and checked writable before any run starts. The probe file
+    has a name of its own (``tempfile``): benchmarks started at once on one folder, which share
+    its runs, must not delete each other's probe."""
+    runs_dir = Path(output_dir) / "runs"
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".writable-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--output {output_dir}: cannot write runs there ({err})") from None
+    return runs_dir
+
+
 def run_benchmark(
     dataset: str,
     config_file_list: List[str] | None = None,
@@ -487,14 +502,7 @@ def run_benchmark(
     # the search runs on one model's runs, from here: not a key of every model's config
     configured_budgets = common.pop("search_budgets", None)
     output_dir = Path(output_dir)
-    runs_dir = output_dir / "runs"
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        probe = runs_dir / ".writable"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"--output {output_dir}: cannot write runs there ({err})") from None
+    runs_dir = writable_runs_dir(output_dir)
     with experiment.quiet_console():
         if search_budgets is None:
             search_budgets = configured_budgets or SEARCH_BUDGETS
